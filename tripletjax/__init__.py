@@ -1,0 +1,27 @@
+"""tripletjax: metric learning with triplet and contrastive losses in JAX.
+
+Losses take integer `labels[B]` and `embeddings[B, D]` and return a scalar; every mined loss
+can also return its mining statistics (`return_stats=True`). See `tripletjax.losses`.
+"""
+
+from tripletjax.distances import pairwise_distances
+from tripletjax.losses import (
+    batch_all_triplet_loss,
+    contrastive_loss,
+    contrastive_pair_loss,
+    triplet_hard_loss,
+    triplet_loss,
+    triplet_semihard_loss,
+)
+
+__all__ = [
+    "batch_all_triplet_loss",
+    "contrastive_loss",
+    "contrastive_pair_loss",
+    "pairwise_distances",
+    "triplet_hard_loss",
+    "triplet_loss",
+    "triplet_semihard_loss",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,220 @@
+"""Triplet and contrastive losses: pure functions of `labels[B]` and `embeddings[B, D]`.
+
+Semantics follow the references exactly (TensorFlow Addons for the semi-hard and hard losses,
+Moindrot's batch-all, the contrastive and explicit triplet losses of the seeds), with two
+deliberate differences that only remove failures:
+  * a batch without any positive pair (or valid triplet) gives a loss of 0, not NaN; the
+    statistics say so (`num_positive_pairs == 0`);
+  * distances are computed in float32 whatever the input dtype (TFA does the same), and the loss
+    is returned in the input dtype.
+
+Every mined loss takes `return_stats=True` to return `(loss, stats)`, where `stats` is a dict of
+float32/int32 scalars describing the mining (fraction of active triplets, fallbacks, ...).
+Memory is O(B^2) throughout; nothing is NaN, gradients included.
+
+References:
+  Schroff et al., "FaceNet: A Unified Embedding for Face Recognition and Clustering", 2015.
+  Hermans et al., "In Defense of the Triplet Loss for Person Re-Identification", 2017.
+  Hadsell et al., "Dimensionality Reduction by Learning an Invariant Mapping", 2006.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from tripletjax import distances as distances_lib
+from tripletjax import mining
+from tripletjax import validation
+
+
+def _prepare(labels, embeddings, margin, metric):
+  labels, embeddings = validation.check_labels_and_embeddings(labels, embeddings)
+  validation.check_metric(metric)
+  validation.check_margin(margin)
+  distances = distances_lib.pairwise_distances(embeddings, metric=metric)
+  return labels, embeddings.dtype, distances
+
+
+def _safe_mean(total, count):
+  """total / count, and 0 (never NaN) when count is 0."""
+  count = jnp.asarray(count, jnp.float32)
+  return jnp.where(count > 0, total / jnp.maximum(count, 1.0), 0.0)
+
+
+def _finish(loss, dtype, stats, return_stats):
+  loss = loss.astype(dtype)
+  return (loss, stats) if return_stats else loss
+
+
+def triplet_semihard_loss(labels, embeddings, margin=1.0, metric: str = "l2",
+                          return_stats: bool = False):
+  """Semi-hard triplet loss, exactly as TensorFlow Addons' `triplet_semihard_loss`.
+
+  For every ordered positive pair (i, j), i != j, the negative is the nearest one strictly
+  farther from i than j, or else the farthest negative of i (0 if i has none); the loss is
+  mean over all ordered positive pairs of max(margin + D[i, j] - D[i, neg], 0).
+
+  Args:
+    labels: [B] integer class ids.
+    embeddings: [B, D] float embeddings (need not be normalised).
+    margin: margin >= 0 (TFA's default 1.0).
+    metric: "l2" (default, TFA's), "squared_l2" or "angular".
+    return_stats: also return the mining statistics.
+
+  Returns:
+    Scalar loss in the dtype of `embeddings`, or `(loss, stats)` with stats keys
+    `num_positive_pairs`, `fraction_active`, `num_fallback` (pairs that used the farthest
+    negative), `mean_positive_distance`, `mean_negative_distance`.
+  """
+  labels, dtype, distances = _prepare(labels, embeddings, margin, metric)
+  sums = mining.semihard_sums(distances, labels, jnp.asarray(margin, jnp.float32))
+  num_pairs = sums.num_positive_pairs
+  loss = _safe_mean(sums.hinge_sum, num_pairs)
+  stats = None
+  if return_stats:
+    stats = {
+        "num_positive_pairs": num_pairs,
+        "fraction_active": _safe_mean(sums.num_active, num_pairs),
+        "num_fallback": sums.num_fallback,
+        "mean_positive_distance": _safe_mean(sums.positive_distance_sum, num_pairs),
+        "mean_negative_distance": _safe_mean(sums.negative_distance_sum, num_pairs),
+    }
+  return _finish(loss, dtype, stats, return_stats)
+
+
+def triplet_hard_loss(labels, embeddings, margin=1.0, soft: bool = False, metric: str = "l2",
+                      return_stats: bool = False):
+  """Batch-hard triplet loss, exactly as TensorFlow Addons' `triplet_hard_loss`.
+
+  Per anchor: its farthest positive (0 if none) and nearest negative (the row maximum if none);
+  loss_i = max(hp - hn + margin, 0), or softplus(hp - hn) with `soft=True` (margin unused).
+  The loss is the mean over all B anchors.
+
+  Returns:
+    Scalar loss, or `(loss, stats)` with stats keys `num_valid_anchors` (with a positive and a
+    negative), `fraction_active`, `mean_positive_distance`, `mean_negative_distance`.
+  """
+  labels, dtype, distances = _prepare(labels, embeddings, margin, metric)
+  hardest = mining.hardest_pairs(distances, labels)
+  gap = hardest.positive_distance - hardest.negative_distance
+  per_anchor = jax.nn.softplus(gap) if soft else jnp.maximum(gap + margin, 0.0)
+  loss = jnp.mean(per_anchor)
+  stats = None
+  if return_stats:
+    stats = {
+        "num_valid_anchors": jnp.sum(hardest.has_positive & hardest.has_negative,
+                                     dtype=jnp.int32),
+        "fraction_active": jnp.mean((per_anchor > 0).astype(jnp.float32)),
+        "mean_positive_distance": jnp.mean(hardest.positive_distance),
+        "mean_negative_distance": jnp.mean(hardest.negative_distance),
+    }
+  return _finish(loss, dtype, stats, return_stats)
+
+
+def batch_all_triplet_loss(labels, embeddings, margin=1.0, metric: str = "l2",
+                           return_stats: bool = False):
+  """Batch-all triplet loss (Hermans et al.; Moindrot's formulation).
+
+  Mean of max(D_ap - D_an + margin, 0) over the valid triplets (a != p same class, n another
+  class) whose loss is positive; 0 if there is none. O(B^2 log B) time, O(B^2) memory.
+
+  Returns:
+    Scalar loss, or `(loss, stats)` with stats keys `num_valid_triplets`,
+    `num_active_triplets`, `fraction_active` (active / valid).
+  """
+  labels, dtype, distances = _prepare(labels, embeddings, margin, metric)
+  sums = mining.batch_all_sums(distances, labels, jnp.asarray(margin, jnp.float32))
+  num_active, num_valid = sums.num_active, sums.num_valid
+  loss = _safe_mean(sums.hinge_sum, num_active)
+  stats = None
+  if return_stats:
+    stats = {
+        "num_valid_triplets": num_valid,
+        "num_active_triplets": num_active,
+        "fraction_active": _safe_mean(num_active, num_valid),
+    }
+  return _finish(loss, dtype, stats, return_stats)
+
+
+def _contrastive_terms(same, distance, margin):
+  """0.5 * (y d^2 + (1 - y) max(m - d, 0)^2) per pair, y = 1 for the same class."""
+  return 0.5 * jnp.where(same, distance**2, jnp.maximum(margin - distance, 0.0) ** 2)
+
+
+def contrastive_loss(labels, embeddings, margin=1.0, metric: str = "l2",
+                     return_stats: bool = False):
+  """Contrastive loss over all unordered pairs i < j of a labelled batch.
+
+  L = 0.5 * mean(y d^2 + (1 - y) max(margin - d, 0)^2) with y = 1 when the two examples share a
+  label (pull together) and y = 0 otherwise (push beyond the margin). 0 when B < 2.
+
+  Returns:
+    Scalar loss, or `(loss, stats)` with stats keys `num_positive_pairs`, `num_negative_pairs`
+    and `fraction_active` (pairs with a non-zero term).
+  """
+  labels, dtype, distances = _prepare(labels, embeddings, margin, metric)
+  masks = mining.label_masks(labels)
+  upper = jnp.triu(jnp.ones(distances.shape, bool), k=1)
+  terms = _contrastive_terms(masks.positive, distances, margin)
+  num_pairs = jnp.sum(upper, dtype=jnp.int32)
+  loss = _safe_mean(jnp.sum(jnp.where(upper, terms, 0.0)), num_pairs)
+  stats = None
+  if return_stats:
+    stats = {
+        "num_positive_pairs": jnp.sum(upper & masks.positive, dtype=jnp.int32),
+        "num_negative_pairs": jnp.sum(upper & masks.negative, dtype=jnp.int32),
+        "fraction_active": _safe_mean(jnp.sum(upper & (terms > 0)), num_pairs),
+    }
+  return _finish(loss, dtype, stats, return_stats)
+
+
+def contrastive_pair_loss(same, left, right, margin=1.0):
+  """Contrastive loss of given pairs (seed 001): `same[N]` is 1 for a same-class pair, else 0.
+
+  Args:
+    same: [N] 0/1 (int or bool): 1 = same class (pull together), 0 = different (push apart).
+    left, right: [N, D] embeddings of the two sides of each pair.
+    margin: margin >= 0 for the different-class pairs.
+
+  Returns:
+    0.5 * mean(same d^2 + (1 - same) max(margin - d, 0)^2), d the Euclidean distance.
+  """
+  left = validation.check_embeddings(left, "left")
+  right = validation.check_embeddings(right, "right")
+  same = jnp.asarray(same)
+  if left.shape != right.shape:
+    raise ValueError(f"left and right must have the same shape, got {left.shape} and "
+                     f"{right.shape}.")
+  if same.shape != (left.shape[0],):
+    raise ValueError(f"same must have shape [{left.shape[0]}], got {same.shape}.")
+  if not (jnp.issubdtype(same.dtype, jnp.integer) or same.dtype == jnp.bool_):
+    raise TypeError(f"same must hold 0/1 integers or booleans, got dtype {same.dtype}.")
+  validation.check_margin(margin)
+  difference = left.astype(jnp.float32) - right.astype(jnp.float32)
+  distance = distances_lib._safe_sqrt(jnp.sum(difference**2, axis=1))
+  loss = jnp.mean(_contrastive_terms(same.astype(bool), distance, margin))
+  return loss.astype(left.dtype)
+
+
+def triplet_loss(anchor, positive, negative, margin=0.5):
+  """Explicit triplet loss on squared L2 (seed 003, the Keras Siamese network).
+
+  L = mean over rows of max(||a - p||^2 - ||a - n||^2 + margin, 0).
+
+  Args:
+    anchor, positive, negative: [N, D] embeddings.
+    margin: margin >= 0 (default 0.5, as in seed 003).
+  """
+  anchor = validation.check_embeddings(anchor, "anchor")
+  positive = validation.check_embeddings(positive, "positive")
+  negative = validation.check_embeddings(negative, "negative")
+  if not anchor.shape == positive.shape == negative.shape:
+    raise ValueError("anchor, positive and negative must have the same shape, got "
+                     f"{anchor.shape}, {positive.shape} and {negative.shape}.")
+  validation.check_margin(margin)
+  a, p, n = (t.astype(jnp.float32) for t in (anchor, positive, negative))
+  positive_distance = jnp.sum((a - p) ** 2, axis=1)
+  negative_distance = jnp.sum((a - n) ** 2, axis=1)
+  loss = jnp.mean(jnp.maximum(positive_distance - negative_distance + margin, 0.0))
+  return loss.astype(anchor.dtype)
