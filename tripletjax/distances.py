@@ -47,32 +47,60 @@ def pairwise_distances(x: jax.Array, y: jax.Array | None = None, metric: str = "
   y = x if self_distances else validation.check_embeddings(y, "y").astype(jnp.float32)
   if x.shape[1] != y.shape[1]:
     raise ValueError(f"x and y must have the same feature size, got {x.shape} and {y.shape}.")
-  # HIGHEST: on GPUs the default matmul precision is TF32, whose 1e-3 error would move ties.
-  dot = lambda a, b: jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST)
-
-  if metric == "angular":
-    # cos = G_ij / sqrt(|x_i|^2 |y_j|^2) from one Gram matrix, which equals TFA's dot product of
-    # l2-normalised rows (same eps) but is exact where it matters: duplicate rows give
-    # G / sqrt(G * G) = 1 exactly (IEEE sqrt of a square is exact), orthogonal rows give 0.
-    gram = dot(x, y)
-    if self_distances:
-      sq_x = sq_y = jnp.diagonal(gram)
-    else:
-      sq_x, sq_y = jnp.sum(x * x, axis=1), jnp.sum(y * y, axis=1)
-    eps = 1e-12  # tf.math.l2_normalize's epsilon on the squared norm.
-    norms = jnp.sqrt(jnp.maximum(sq_x, eps)[:, None] * jnp.maximum(sq_y, eps)[None, :])
-    distances = jnp.maximum(1.0 - gram / norms, 0.0)
+  gram = _gram(x, y)
+  if self_distances:
+    # Norms from the Gram diagonal: for duplicate rows all terms then come from the same kernel
+    # and cancel exactly, so duplicates are at distance exactly 0.
+    sq_x = sq_y = jnp.diagonal(gram)
   else:
-    gram = dot(x, y)
-    if self_distances:
-      # Norms from the Gram diagonal: for duplicate rows the three terms are then computed by the
-      # same kernel and cancel exactly, so duplicates are at distance exactly 0.
-      sq_x = sq_y = jnp.diagonal(gram)
-    else:
-      sq_x, sq_y = jnp.sum(x * x, axis=1), jnp.sum(y * y, axis=1)
-    squared = jnp.maximum(sq_x[:, None] + sq_y[None, :] - 2.0 * gram, 0.0)
-    distances = squared if metric == "squared_l2" else _safe_sqrt(squared)
-
+    sq_x, sq_y = _squared_norms(x), _squared_norms(y)
+  distances = _distances_from_gram(gram, sq_x, sq_y, metric)
   if self_distances:
     distances = jnp.where(jnp.eye(x.shape[0], dtype=bool), 0.0, distances)
   return distances
+
+
+def anchor_distances(embeddings: jax.Array, anchor_index: jax.Array, metric: str = "l2",
+                     squared_norms: jax.Array | None = None) -> jax.Array:
+  """Distances from some rows of `embeddings` (the anchors) to all rows: one block of rows of
+  `pairwise_distances(embeddings)`, for computing it block by block.
+
+  Args:
+    embeddings: [B, D] float32 embeddings.
+    anchor_index: [C] int32 row indices of the anchors; negative entries are padding (their
+      row is computed from row 0 and should be ignored by the caller).
+    metric: "l2", "squared_l2" or "angular".
+    squared_norms: optional precomputed [B] squared norms of `embeddings`.
+
+  Returns:
+    [C, B] float32 distances; entry (c, anchor_index[c]) is exactly 0.
+  """
+  if squared_norms is None:
+    squared_norms = _squared_norms(embeddings)
+  safe_index = jnp.maximum(anchor_index, 0)
+  gram = _gram(embeddings[safe_index], embeddings)
+  distances = _distances_from_gram(gram, squared_norms[safe_index], squared_norms, metric)
+  column = jax.lax.broadcasted_iota(jnp.int32, distances.shape, 1)
+  return jnp.where(column == anchor_index[:, None], 0.0, distances)
+
+
+def _gram(x: jax.Array, y: jax.Array) -> jax.Array:
+  # HIGHEST: on GPUs the default matmul precision is TF32, whose 1e-3 error would move ties.
+  return jnp.matmul(x, y.T, precision=jax.lax.Precision.HIGHEST)
+
+
+def _squared_norms(x: jax.Array) -> jax.Array:
+  return jnp.sum(x * x, axis=1)
+
+
+def _distances_from_gram(gram, sq_rows, sq_cols, metric: str) -> jax.Array:
+  """Distances from the Gram matrix [B, C] and the squared norms of its rows and columns."""
+  if metric == "angular":
+    # cos = G_ij / sqrt(|x_i|^2 |y_j|^2) equals TFA's dot product of l2-normalised rows (same
+    # eps) but is exact where it matters: duplicate rows give G / sqrt(G * G) = 1 exactly (the
+    # IEEE square root of a square is exact) and orthogonal rows give 0.
+    eps = 1e-12  # tf.math.l2_normalize's epsilon on the squared norm.
+    norms = jnp.sqrt(jnp.maximum(sq_rows, eps)[:, None] * jnp.maximum(sq_cols, eps)[None, :])
+    return jnp.maximum(1.0 - gram / norms, 0.0)
+  squared = jnp.maximum(sq_rows[:, None] + sq_cols[None, :] - 2.0 * gram, 0.0)
+  return squared if metric == "squared_l2" else _safe_sqrt(squared)

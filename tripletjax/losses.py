@@ -28,12 +28,53 @@ from tripletjax import mining
 from tripletjax import validation
 
 
+# The sorting miners process at most this many distance-matrix entries at once (about 200 MB of
+# working set); larger batches are processed in blocks of anchor rows, which bounds peak memory
+# by the ~6 bytes per entry kept for the backward pass instead of ~50.
+_BLOCK_ENTRIES = 2048 * 2048
+
+
 def _prepare(labels, embeddings, margin, metric):
+  """Checks the inputs; returns (labels, input dtype, float32 embeddings, float32 margin)."""
   labels, embeddings = validation.check_labels_and_embeddings(labels, embeddings)
   validation.check_metric(metric)
   validation.check_margin(margin)
-  distances = distances_lib.pairwise_distances(embeddings, metric=metric)
-  return labels, embeddings.dtype, distances
+  return (labels, embeddings.dtype, embeddings.astype(jnp.float32),
+          jnp.asarray(margin, jnp.float32))
+
+
+def _sum_over_anchor_blocks(sums_fn, labels, embeddings, margin, metric):
+  """Applies a block miner (`mining.semihard_sums`, `mining.batch_all_sums`) to all anchors.
+
+  One block when the batch is small; otherwise a `lax.scan` over blocks of anchor rows whose
+  distance rows are computed inside the block, adding up the per-block sums.
+  """
+  batch = labels.shape[0]
+  if batch * batch <= _BLOCK_ENTRIES:
+    distances = distances_lib.pairwise_distances(embeddings, metric=metric)
+    return sums_fn(distances, jnp.arange(batch, dtype=jnp.int32), labels, margin)
+  rows_per_block = max(1, _BLOCK_ENTRIES // batch)
+  num_blocks = -(-batch // rows_per_block)
+  anchor_index = jnp.arange(num_blocks * rows_per_block, dtype=jnp.int32)
+  anchor_index = jnp.where(anchor_index < batch, anchor_index, -1)  # -1: padding rows.
+  squared_norms = jnp.sum(embeddings * embeddings, axis=1)
+
+  # Recompute each block's distances in the backward pass (one matmul) instead of keeping all
+  # of them alive: it saves ~5 bytes per matrix entry of peak memory.
+  block_distances_fn = jax.checkpoint(distances_lib.anchor_distances, static_argnums=(2,))
+
+  def add_block(total, block_index):
+    block_distances = block_distances_fn(embeddings, block_index, metric, squared_norms)
+    block_sums = sums_fn(block_distances, block_index, labels, margin)
+    return jax.tree.map(jnp.add, total, block_sums), None
+
+  blocks = anchor_index.reshape(num_blocks, rows_per_block)
+  zeros = jax.tree.map(
+      lambda s: jnp.zeros(s.shape, s.dtype),
+      jax.eval_shape(sums_fn, jax.ShapeDtypeStruct((rows_per_block, batch), jnp.float32),
+                     blocks[0], labels, margin))
+  total, _ = jax.lax.scan(add_block, zeros, blocks)
+  return total
 
 
 def _safe_mean(total, count):
@@ -67,8 +108,8 @@ def triplet_semihard_loss(labels, embeddings, margin=1.0, metric: str = "l2",
     `num_positive_pairs`, `fraction_active`, `num_fallback` (pairs that used the farthest
     negative), `mean_positive_distance`, `mean_negative_distance`.
   """
-  labels, dtype, distances = _prepare(labels, embeddings, margin, metric)
-  sums = mining.semihard_sums(distances, labels, jnp.asarray(margin, jnp.float32))
+  labels, dtype, embeddings, margin = _prepare(labels, embeddings, margin, metric)
+  sums = _sum_over_anchor_blocks(mining.semihard_sums, labels, embeddings, margin, metric)
   num_pairs = sums.num_positive_pairs
   loss = _safe_mean(sums.hinge_sum, num_pairs)
   stats = None
@@ -95,7 +136,8 @@ def triplet_hard_loss(labels, embeddings, margin=1.0, soft: bool = False, metric
     Scalar loss, or `(loss, stats)` with stats keys `num_valid_anchors` (with a positive and a
     negative), `fraction_active`, `mean_positive_distance`, `mean_negative_distance`.
   """
-  labels, dtype, distances = _prepare(labels, embeddings, margin, metric)
+  labels, dtype, embeddings, margin = _prepare(labels, embeddings, margin, metric)
+  distances = distances_lib.pairwise_distances(embeddings, metric=metric)
   hardest = mining.hardest_pairs(distances, labels)
   gap = hardest.positive_distance - hardest.negative_distance
   per_anchor = jax.nn.softplus(gap) if soft else jnp.maximum(gap + margin, 0.0)
@@ -123,8 +165,8 @@ def batch_all_triplet_loss(labels, embeddings, margin=1.0, metric: str = "l2",
     Scalar loss, or `(loss, stats)` with stats keys `num_valid_triplets`,
     `num_active_triplets`, `fraction_active` (active / valid).
   """
-  labels, dtype, distances = _prepare(labels, embeddings, margin, metric)
-  sums = mining.batch_all_sums(distances, labels, jnp.asarray(margin, jnp.float32))
+  labels, dtype, embeddings, margin = _prepare(labels, embeddings, margin, metric)
+  sums = _sum_over_anchor_blocks(mining.batch_all_sums, labels, embeddings, margin, metric)
   num_active, num_valid = sums.num_active, sums.num_valid
   loss = _safe_mean(sums.hinge_sum, num_active)
   stats = None
@@ -153,7 +195,8 @@ def contrastive_loss(labels, embeddings, margin=1.0, metric: str = "l2",
     Scalar loss, or `(loss, stats)` with stats keys `num_positive_pairs`, `num_negative_pairs`
     and `fraction_active` (pairs with a non-zero term).
   """
-  labels, dtype, distances = _prepare(labels, embeddings, margin, metric)
+  labels, dtype, embeddings, margin = _prepare(labels, embeddings, margin, metric)
+  distances = distances_lib.pairwise_distances(embeddings, metric=metric)
   masks = mining.label_masks(labels)
   upper = jnp.triu(jnp.ones(distances.shape, bool), k=1)
   terms = _contrastive_terms(masks.positive, distances, margin)

@@ -38,10 +38,16 @@ def _positions(shape) -> jax.Array:
   return jax.lax.broadcasted_iota(jnp.int32, shape, len(shape) - 1)
 
 
-def _sorted_positive_mask(rows: row_sort.SortedRows) -> jax.Array:
-  """Positive pairs in sorted order: same class (tag set) and not the anchor itself."""
-  anchor = jax.lax.broadcasted_iota(jnp.int32, rows.perm.shape, 0)
-  return rows.tags & (rows.perm != anchor)
+def _sorted_positive_mask(same_sorted: jax.Array, perm: jax.Array,
+                          anchor_index: jax.Array) -> jax.Array:
+  """Positive pairs in sorted order: same class, not the anchor itself, not a padding row."""
+  anchor = anchor_index[:, None]
+  return same_sorted & (perm != anchor) & (anchor >= 0)
+
+
+def _block_same_class(anchor_index: jax.Array, labels: jax.Array) -> jax.Array:
+  """[C, B] same-class mask between the anchors (rows `anchor_index`) and all examples."""
+  return labels[jnp.maximum(anchor_index, 0)][:, None] == labels[None, :]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -55,10 +61,9 @@ class _SemiHardChoice(NamedTuple):
   last_negative: jax.Array  # [B, 1] sorted position of the farthest negative, -1 if none.
 
 
-def _sort_for_semihard(distances, labels, sort_method) -> row_sort.SortedRows:
+def _sort_for_semihard(distances, same, sort_method) -> row_sort.SortedRows:
   # On equal distances negatives (tag False) come first, so every negative to the right of a
   # positive is strictly farther from the anchor than the positive: TFA's strict ">".
-  same = labels[:, None] == labels[None, :]
   return row_sort.sort_rows(distances, same, sort_method)
 
 
@@ -106,7 +111,7 @@ def semihard_negatives(distances: jax.Array, labels: jax.Array,
   Returns:
     `SemiHardNegatives`; `distance` is differentiable with respect to `distances`.
   """
-  rows = _sort_for_semihard(distances, labels, sort_method)
+  rows = _sort_for_semihard(distances, labels[:, None] == labels[None, :], sort_method)
   choice = _semihard_choice(rows)
   chosen_column = jnp.take_along_axis(rows.perm, choice.position, axis=1)
   # One scatter brings both results back to the original column order: the sign holds the flag.
@@ -129,10 +134,10 @@ class SemiHardSums(NamedTuple):
   negative_distance_sum: jax.Array
 
 
-def _semihard_forward(distances, labels, margin, sort_method):
-  rows = _sort_for_semihard(distances, labels, sort_method)
+def _semihard_forward(distances, anchor_index, labels, margin, sort_method):
+  rows = _sort_for_semihard(distances, _block_same_class(anchor_index, labels), sort_method)
   choice = _semihard_choice(rows)
-  is_positive = _sorted_positive_mask(rows)
+  is_positive = _sorted_positive_mask(rows.tags, rows.perm, anchor_index)
   has_negative = choice.last_negative >= 0
   negative_distance = jnp.where(
       has_negative, jnp.take_along_axis(rows.values, choice.position, axis=1), 0.0)
@@ -172,23 +177,26 @@ def _semihard_backward(sort_method, residuals, cotangents):
   gradient_sorted = is_active.astype(jnp.float32) - chosen_count
   d_distances = g * row_sort.unsort_rows(gradient_sorted, perm)
   d_margin = g * jnp.sum(is_active, dtype=jnp.float32)
-  return d_distances, None, d_margin
+  return d_distances, None, None, d_margin
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def semihard_sums(distances: jax.Array, labels: jax.Array, margin: jax.Array,
-                  sort_method: str = "auto") -> SemiHardSums:
-  """Sums over all ordered positive pairs of the semi-hard hinge (TFA semantics).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def semihard_sums(distances: jax.Array, anchor_index: jax.Array, labels: jax.Array,
+                  margin: jax.Array, sort_method: str = "auto") -> SemiHardSums:
+  """Sums of the semi-hard hinge over the ordered positive pairs of some anchors (TFA semantics).
 
+  Works on a block of rows of the distance matrix so that large batches can be processed block
+  by block; pass `distances` [B, B] and `anchor_index = arange(B)` for the whole batch.
   Differentiable in `distances` and `margin` (reverse mode); the counts are not differentiable.
 
   Args:
-    distances: [B, B] float32 pairwise distances, >= 0.
-    labels: [B] integer labels.
+    distances: [C, B] float32 distances from the anchors to every example, >= 0.
+    anchor_index: [C] int32 example index of each anchor row; -1 marks a padding row.
+    labels: [B] integer labels of all examples.
     margin: float32 scalar margin.
     sort_method: see `row_sort.sort_rows`.
   """
-  return _semihard_forward(distances, labels, margin, sort_method)[0]
+  return _semihard_forward(distances, anchor_index, labels, margin, sort_method)[0]
 
 
 semihard_sums.defvjp(_semihard_forward, _semihard_backward)
@@ -235,16 +243,18 @@ class BatchAllSums(NamedTuple):
   num_valid: jax.Array    # float32: all valid triplets.
 
 
-def _batch_all_forward(distances, labels, margin, sort_method):
-  masks = label_masks(labels)
+def _batch_all_forward(distances, anchor_index, labels, margin, sort_method):
+  same = _block_same_class(anchor_index, labels)
+  column = jax.lax.broadcasted_iota(jnp.int32, distances.shape, 1)
+  is_positive_pair = same & (column != anchor_index[:, None])
   # Put the shifted positives D_ap + m and the negatives D_an of each anchor in one sorted row,
   # shifted positives first on ties (an exact tie has zero loss). Each positive's active
   # negatives are then exactly the negatives to its left, and its hinge sum is
   # count * (D_ap + m) - (sum of those negatives): two running sums, no [B, B, B] tensor.
-  values = jnp.where(masks.positive, distances + margin, distances)
-  rows = row_sort.sort_rows(values, masks.negative, sort_method)
-  is_negative = rows.tags
-  is_positive = _sorted_positive_mask(rows._replace(tags=~rows.tags))
+  values = jnp.where(is_positive_pair, distances + margin, distances)
+  rows = row_sort.sort_rows(values, ~same, sort_method)
+  is_negative = rows.tags & (anchor_index[:, None] >= 0)
+  is_positive = _sorted_positive_mask(~rows.tags, rows.perm, anchor_index)
   # Centre each row so that the running sums stay small and keep float32 precision.
   centred = rows.values - jnp.mean(rows.values, axis=1, keepdims=True)
   negatives_left = jnp.cumsum(is_negative, axis=1, dtype=jnp.int32)
@@ -269,23 +279,24 @@ def _batch_all_backward(sort_method, residuals, cotangents):
   del sort_method
   perm, gradient_sorted, num_active = residuals
   g = cotangents.hinge_sum
-  return g * row_sort.unsort_rows(gradient_sorted, perm), None, g * num_active
+  return g * row_sort.unsort_rows(gradient_sorted, perm), None, None, g * num_active
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def batch_all_sums(distances: jax.Array, labels: jax.Array, margin: jax.Array,
-                   sort_method: str = "auto") -> BatchAllSums:
-  """Batch-all triplet sums in O(B^2 log B) time and O(B^2) memory.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def batch_all_sums(distances: jax.Array, anchor_index: jax.Array, labels: jax.Array,
+                   margin: jax.Array, sort_method: str = "auto") -> BatchAllSums:
+  """Batch-all triplet sums of some anchors in O(C B log B) time and O(C B) memory.
 
   Differentiable in `distances` and `margin` (reverse mode); the counts are not differentiable.
 
   Args:
-    distances: [B, B] float32 pairwise distances, >= 0.
-    labels: [B] integer labels.
+    distances: [C, B] float32 distances from the anchors to every example, >= 0.
+    anchor_index: [C] int32 example index of each anchor row; -1 marks a padding row.
+    labels: [B] integer labels of all examples.
     margin: float32 scalar margin.
     sort_method: see `row_sort.sort_rows`.
   """
-  return _batch_all_forward(distances, labels, margin, sort_method)[0]
+  return _batch_all_forward(distances, anchor_index, labels, margin, sort_method)[0]
 
 
 batch_all_sums.defvjp(_batch_all_forward, _batch_all_backward)
