@@ -6,6 +6,7 @@ can also return its mining statistics (`return_stats=True`). See `tripletjax.los
 
 from tripletjax.distances import pairwise_distances
 from tripletjax.losses import (
+    MINED_LOSSES,
     batch_all_triplet_loss,
     contrastive_loss,
     contrastive_pair_loss,
@@ -15,6 +16,7 @@ from tripletjax.losses import (
 )
 
 __all__ = [
+    "MINED_LOSSES",
     "batch_all_triplet_loss",
     "contrastive_loss",
     "contrastive_pair_loss",

@@ -261,3 +261,12 @@ def triplet_loss(anchor, positive, negative, margin=0.5):
   negative_distance = jnp.sum((a - n) ** 2, axis=1)
   loss = jnp.mean(jnp.maximum(positive_distance - negative_distance + margin, 0.0))
   return loss.astype(anchor.dtype)
+
+
+# Mined losses by name, as configs refer to them. Each takes (labels, embeddings, **options).
+MINED_LOSSES = {
+    "semihard": triplet_semihard_loss,
+    "hard": triplet_hard_loss,
+    "batch_all": batch_all_triplet_loss,
+    "contrastive": contrastive_loss,
+}

@@ -1,0 +1,218 @@
+"""Projector files, plots, report and metrics log reading."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tripletjax import exports
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path):
+  assert os.path.getsize(path) > 1000
+  with open(path, "rb") as png_file:
+    assert png_file.read(8) == PNG_SIGNATURE
+  with Image.open(path) as image:
+    assert image.width > 50 and image.height > 50
+
+
+def embeddings_and_labels(num_examples=40, dim=6, num_classes=4, seed=0):
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, num_classes, size=num_examples)
+  embeddings = rng.standard_normal((num_examples, dim)).astype(np.float32)
+  return embeddings, labels
+
+
+def test_projector_tsv_files(tmp_path):
+  embeddings, labels = embeddings_and_labels()
+  paths = exports.write_projector_files(tmp_path / "proj", embeddings, labels)
+  vecs = np.loadtxt(paths["vecs"], delimiter="\t")
+  assert vecs.shape == (40, 6)
+  np.testing.assert_allclose(vecs, embeddings, rtol=1e-6)
+  with open(paths["vecs"]) as vecs_file:
+    assert all(len(line.rstrip("\n").split("\t")) == 6 for line in vecs_file)
+  with open(paths["meta"]) as meta_file:
+    meta_lines = meta_file.read().splitlines()
+  # One column: no header row, one label per example.
+  assert meta_lines == [str(label) for label in labels]
+  assert paths["sprite"] is None and not (tmp_path / "proj" / "sprite.png").exists()
+  config = (tmp_path / "proj" / "projector_config.pbtxt").read_text()
+  assert 'tensor_path: "vecs.tsv"' in config and "sprite" not in config
+
+
+def test_projector_meta_with_class_names(tmp_path):
+  embeddings, labels = embeddings_and_labels()
+  names = ["zero", "one", "two\twith tab", "three"]
+  paths = exports.write_projector_files(tmp_path, embeddings, labels, class_names=names)
+  with open(paths["meta"]) as meta_file:
+    rows = [line.split("\t") for line in meta_file.read().splitlines()]
+  assert rows[0] == ["label", "class"]
+  assert len(rows) == 41 and all(len(row) == 2 for row in rows)
+  for (label, name), expected in zip(rows[1:], labels):
+    assert label == str(expected)
+    assert name == names[expected].replace("\t", " ")
+  # A mapping works too.
+  paths = exports.write_projector_files(
+      tmp_path, embeddings, labels, class_names={0: "a", 1: "b", 2: "c", 3: "d"})
+  with open(paths["meta"]) as meta_file:
+    assert meta_file.read().splitlines()[1] == f"{labels[0]}\t{'abcd'[labels[0]]}"
+
+
+def test_projector_grayscale_sprite(tmp_path):
+  embeddings, labels = embeddings_and_labels(num_examples=10)
+  images = np.random.default_rng(1).uniform(size=(10, 28, 28, 1))
+  paths = exports.write_projector_files(tmp_path, embeddings, labels, images=images)
+  with Image.open(paths["sprite"]) as sprite:
+    # ceil(sqrt(10)) = 4 thumbnails a side.
+    assert sprite.size == (4 * 28, 4 * 28)
+    assert sprite.mode == "L"
+    pixels = np.asarray(sprite)
+  np.testing.assert_array_equal(pixels[:28, :28], np.round(images[0, :, :, 0] * 255))
+  # Second row, second column holds image 5; unused cells stay white.
+  np.testing.assert_array_equal(pixels[28:56, 28:56], np.round(images[5, :, :, 0] * 255))
+  assert np.all(pixels[84:, 56:] == 255)
+  config = (tmp_path / "projector_config.pbtxt").read_text()
+  expected = (
+      'embeddings {\n  tensor_path: "vecs.tsv"\n  metadata_path: "meta.tsv"\n  sprite {\n'
+      '    image_path: "sprite.png"\n    single_image_dim: 28\n    single_image_dim: 28\n'
+      "  }\n}\n")
+  assert config == expected
+
+
+def test_projector_rgb_sprite_is_downscaled(tmp_path):
+  embeddings, labels = embeddings_and_labels(num_examples=5)
+  images = np.random.default_rng(2).uniform(size=(5, 64, 32, 3))  # tall images
+  paths = exports.write_projector_files(tmp_path, embeddings, labels, images=images)
+  with Image.open(paths["sprite"]) as sprite:
+    # Thumbnails keep the 2:1 aspect within 28 x 28: 28 high, 14 wide; 3 x 3 grid.
+    assert sprite.mode == "RGB"
+    assert sprite.size == (3 * 14, 3 * 28)
+  config = (tmp_path / "projector_config.pbtxt").read_text()
+  # single_image_dim is [width, height].
+  assert re.findall(r"single_image_dim: (\d+)", config) == ["14", "28"]
+
+
+def test_projector_caps_to_sprite_capacity(tmp_path, monkeypatch):
+  # Shrink the limit instead of writing 85k images: 56 px fits 2 x 2 thumbnails of 28 px.
+  monkeypatch.setattr(exports, "MAX_SPRITE_SIZE", 56)
+  embeddings, labels = embeddings_and_labels(num_examples=7)
+  images = np.zeros((7, 28, 28))
+  with pytest.warns(UserWarning, match="first 4"):
+    paths = exports.write_projector_files(tmp_path, embeddings, labels, images=images)
+  assert paths["num_points"] == 4
+  assert np.loadtxt(paths["vecs"], delimiter="\t").shape == (4, 6)
+  assert len((tmp_path / "meta.tsv").read_text().splitlines()) == 4
+  with Image.open(paths["sprite"]) as sprite:
+    assert sprite.size == (56, 56)
+
+
+def test_projector_input_errors(tmp_path):
+  embeddings, labels = embeddings_and_labels(num_examples=5)
+  with pytest.raises(ValueError):
+    exports.write_projector_files(tmp_path, embeddings, labels[:4])
+  with pytest.raises(ValueError):
+    exports.write_projector_files(tmp_path, embeddings, labels, images=np.zeros((4, 8, 8)))
+  with pytest.raises(ValueError):
+    exports.write_projector_files(tmp_path, embeddings, labels, images=np.zeros((5, 8, 8, 2)))
+
+
+def test_plot_pca(tmp_path):
+  embeddings, labels = embeddings_and_labels(num_examples=60, dim=16)
+  out_2d, out_3d = exports.plot_pca(
+      embeddings, labels, tmp_path / "pca" / "e1_2d.png", tmp_path / "pca" / "e1_3d.png",
+      "epoch 1", class_names=["a", "b", "c", "d"])
+  assert_png(out_2d)
+  assert_png(out_3d)
+  # Two-dimensional embeddings and many classes (no legend) still plot.
+  flat = np.random.default_rng(3).standard_normal((50, 2))
+  out_2d, out_3d = exports.plot_pca(
+      flat, np.arange(50), tmp_path / "f2.png", tmp_path / "f3.png", "flat")
+  assert_png(out_2d)
+  assert_png(out_3d)
+
+
+def test_plot_training_curves(tmp_path):
+  runs = {
+      "semihard": [
+          {"step": step, "loss": 1.0 / (step + 1), "fraction_active": 0.5,
+           "embedding_norm": 3.0 + step, "epoch": 0}
+          for step in range(10)],
+      "hard": [
+          {"step": step, "loss": 2.0 / (step + 1), "fraction_active": 0.9}  # no norm logged
+          for step in range(10)] + [{"epoch": 1}],  # a record without a step
+  }
+  out_path = exports.plot_training_curves(runs, tmp_path / "curves.png")
+  assert_png(out_path)
+  # Nothing to plot at all still gives an (annotated) figure.
+  assert_png(exports.plot_training_curves({"empty": []}, tmp_path / "empty.png"))
+
+
+def test_plot_eval_history(tmp_path):
+  records = [
+      {"step": 100 * i, "precision_at_1": 0.1 * i, "map_at_r": 0.05 * i} for i in range(5)
+  ] + [{"step": 600, "precision_at_1": 0.6}]
+  assert_png(exports.plot_eval_history(records, tmp_path / "eval.png"))
+
+
+def test_write_report(tmp_path):
+  workdir = tmp_path / "run"
+  figures_dir = workdir / "figures"
+  figures_dir.mkdir(parents=True)
+  curves = exports.plot_training_curves(
+      {"semihard": [{"step": 0, "loss": 1.0}, {"step": 1, "loss": 0.5}]},
+      figures_dir / "curves.png")
+  history = exports.plot_eval_history(
+      [{"step": 0, "precision_at_1": 0.2, "map_at_r": 0.1}], figures_dir / "eval.png")
+  metrics = {"precision_at_1": 0.81234, "recall_at_k": {"1": 0.81234, "8": 0.97},
+             "map_at_r": 0.4, "nmi": float("nan")}
+  config_text = "learning_rate: 0.001\nmining: ```semihard```\n"
+  report_path = exports.write_report(
+      workdir, config_text=config_text, eval_metrics=metrics,
+      figures=[curves, "figures/eval.png", "figures/missing.png"],
+      runs=["semihard", "hard"], notes="Seed 0.")
+  with open(report_path, encoding="utf-8") as report_file:
+    report = report_file.read()
+  links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+  assert links == ["figures/curves.png", "figures/eval.png"]
+  for link in links:
+    assert not os.path.isabs(link)
+    assert (workdir / link).exists()
+  assert "missing" in report and "figures/missing.png" in report
+  assert os.path.exists(history)
+  assert "| precision_at_1 | 0.8123 |" in report
+  assert "| recall@1 | 0.8123 |" in report and "| recall@8 | 0.9700 |" in report
+  assert "| nmi | nan |" in report
+  assert "- semihard" in report and "- hard" in report
+  # The config sits verbatim in a fence longer than its own backtick runs.
+  assert "````\nlearning_rate: 0.001\nmining: ```semihard```\n````" in report
+  assert "Seed 0." in report
+
+
+def test_read_metrics_jsonl_tolerates_truncated_last_line(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  records = [{"step": i, "loss": 1.0 / (i + 1)} for i in range(3)]
+  text = "".join(json.dumps(record) + "\n" for record in records)
+  path.write_text(text + '{"step": 3, "lo')  # the run was killed mid-write
+  with pytest.warns(UserWarning, match="truncated"):
+    assert exports.read_metrics_jsonl(path) == records
+  path.write_text(text + "\n")  # complete file, trailing blank line
+  assert exports.read_metrics_jsonl(path) == records
+  path.write_text(text.rstrip("\n"))  # complete last line without its newline
+  assert exports.read_metrics_jsonl(path) == records
+
+
+def test_read_metrics_jsonl_rejects_corruption_before_the_end(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 0}\n{"step": 1\n{"step": 2}\n')
+  with pytest.raises(ValueError, match="line 2"):
+    exports.read_metrics_jsonl(path)
+  path.write_text('{"step": 0}\n[1, 2]\n')
+  with pytest.raises(ValueError, match="JSON object"):
+    exports.read_metrics_jsonl(path)

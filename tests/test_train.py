@@ -1,0 +1,144 @@
+"""End-to-end tests of the training application on the embedded digits data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from tripletjax import default_config
+from tripletjax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides) -> ml_collections.ConfigDict:
+  config = default_config.get_config()
+  config.data.name = "digits"
+  config.data.max_train = 400
+  config.data.max_test = 200
+  config.model.name = "tfa_cnn"
+  config.model.embedding_dim = 16
+  config.batch.batch_size = 64
+  config.num_epochs = 2
+  config.log_every_steps = 2
+  config.quiet = True
+  config.export.projector_max_points = 100
+  for key, value in overrides.items():
+    section, _, name = key.rpartition(".")
+    target = config
+    for part in filter(None, section.split(".")):
+      target = target[part]
+    target[name] = value
+  return config
+
+
+def read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.mark.slow
+def test_end_to_end_writes_every_export_and_compares_sibling_runs(tmp_path):
+  # A batch-hard run beside it: the semi-hard run's report must show both curves.
+  train.train_and_evaluate(tiny_config(num_epochs=1, **{"loss.name": "hard"}),
+                           str(tmp_path / "digits-hard"))
+  workdir = tmp_path / "digits-semihard"
+  final = train.train_and_evaluate(tiny_config(), str(workdir))
+  report = (workdir / "report.md").read_text()
+  assert "digits-semihard" in report and "digits-hard" in report
+  for name in ["eval.json", "report.md", "metrics.jsonl", "eval.jsonl", "config.json",
+               "projector/vecs.tsv", "projector/meta.tsv", "projector/sprite.png",
+               "projector/projector_config.pbtxt", "plots/training_curves.png",
+               "plots/eval_history.png", "plots/pca_2d_epoch002.png", "plots/pca_3d_epoch002.png"]:
+    assert (workdir / name).exists(), name
+  assert list((workdir / "tensorboard").iterdir()), "no TensorBoard event file"
+  saved = json.loads((workdir / "eval.json").read_text())
+  for key in ["precision_at_1", "recall_at_k", "r_precision", "map_at_r", "nmi",
+              "knn_accuracy", "verification_auc"]:
+    assert key in saved
+    assert key in final
+  # Two epochs on 400 digits already beat chance (0.1) by far.
+  assert saved["precision_at_1"] > 0.5
+  records = read_jsonl(workdir / "metrics.jsonl")
+  assert [r["step"] for r in records] == list(range(2, 2 * (400 // 64) + 1, 2))
+  for record in records:
+    assert np.isfinite(record["loss"]) and 0.0 <= record["fraction_active"] <= 1.0
+    assert record["embedding_norm"] > 0
+  vecs = (workdir / "projector" / "vecs.tsv").read_text().strip().splitlines()
+  assert len(vecs) == 100 and len(vecs[0].split("\t")) == 16
+
+
+@pytest.mark.slow
+def test_resume_continues_the_same_curve(tmp_path):
+  config = tiny_config(num_epochs=3)
+  full = tmp_path / "full"
+  train.train_and_evaluate(config, str(full))
+
+  # Interrupted after one epoch: same config with one epoch, then the full run in the same
+  # workdir resumes from its checkpoint. A crashed run also leaves log lines past the last
+  # checkpoint (and maybe a truncated one): they must be dropped on resume.
+  partial = tmp_path / "partial"
+  train.train_and_evaluate(tiny_config(num_epochs=1), str(partial))
+  with open(partial / "metrics.jsonl", "a") as f:
+    f.write(json.dumps({"step": 999, "loss": 123.0}) + "\n" + '{"step": 1000, "lo')
+  resumed = train.train_and_evaluate(config, str(partial))
+
+  expected = read_jsonl(full / "metrics.jsonl")
+  got = read_jsonl(partial / "metrics.jsonl")
+  assert [r["step"] for r in got] == [r["step"] for r in expected]
+  np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in expected],
+                             rtol=1e-5)
+  final = json.loads((full / "eval.json").read_text())
+  assert resumed["precision_at_1"] == pytest.approx(final["precision_at_1"], abs=1e-6)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("loss.name", "semi_hard", "loss.name"),
+    ("model.name", "vgg", "model.name"),
+    ("optimizer.name", "lamb", "optimizer.name"),
+    ("batch.sampler", "random", "batch.sampler"),
+    ("loss.margin", -0.1, "margin"),
+])
+def test_bad_config_values_are_named(key, value, message):
+  with pytest.raises(ValueError, match=message):
+    train.check_config(tiny_config(**{key: value}))
+
+
+def test_config_override_typo_is_an_error():
+  # The command line goes through ml_collections' config flags: an unknown key fails.
+  result = subprocess.run(
+      [sys.executable, "-m", "tripletjax.main", "--config=configs/digits.py",
+       "--config.loss.margn=0.2", "--workdir=/nonexistent/never-written"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert "margn" in result.stderr
+
+
+def test_every_config_file_loads():
+  from ml_collections import config_flags  # noqa: F401  (the loader used by main.py)
+  import importlib.util
+  for name in ["digits", "fashion_mnist", "mnist"]:
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    train.check_config(config)
+    assert module.__doc__ and "python -m tripletjax.main" in module.__doc__
+
+
+def test_shard_batch_places_the_global_batch():
+  mesh = train.make_mesh()
+  images = np.arange(8 * 4, dtype=np.float32).reshape(8, 2, 2, 1)
+  labels = np.arange(8, dtype=np.int32)
+  sharded_images, sharded_labels = train.shard_batch(mesh, images, labels)
+  np.testing.assert_array_equal(np.asarray(sharded_images), images)
+  np.testing.assert_array_equal(np.asarray(sharded_labels), labels)
+  assert sharded_images.sharding.spec[0] == "data"
+  assert len(jax.devices()) >= 1

@@ -1,0 +1,438 @@
+"""Image datasets by name, as NumPy arrays on the host.
+
+`load_dataset(name)` returns a `Dataset` whose splits hold float32 images [N, H, W, C] in [0, 1]
+and int32 labels [N]. Names:
+
+  * "digits": scikit-learn's bundled 8x8 digits (1,797 images), split 75/25 by class. It needs
+    no file and no network, so it is the default and the dataset of the tests.
+  * "fashion_mnist": the four IDX files in `data_dir`; without `data_dir`, those that Debian's
+    package installs (`apt-get install dataset-fashion-mnist`, files in
+    /usr/share/datasets/fashion-mnist).
+  * "mnist": the four IDX files in `data_dir`; without `data_dir`, tfds' "mnist".
+  * "tfds:<name>": any image classification dataset of tensorflow-datasets with "image" and
+    "label" features and "train" and "test" splits, read through `tfds.data_source`, which
+    needs no TensorFlow once the dataset is prepared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import socket
+import struct
+import zlib
+
+import numpy as np
+
+FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                             "Shirt", "Sneaker", "Bag", "Ankle boot")
+DIGIT_CLASS_NAMES = tuple(str(digit) for digit in range(10))
+DATASET_NAMES = ("digits", "fashion_mnist", "mnist", "tfds:<name>")
+TFDS_PREFIX = "tfds:"
+
+# The IDX files of MNIST and Fashion-MNIST, by split: (images, labels).
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# IDX type codes (third byte of the magic number); multi-byte values are big-endian.
+IDX_DTYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+DIGITS_TEST_FRACTION = 0.25
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: `==` on arrays has no single truth.
+class Split:
+  """One split of a dataset.
+
+  Attributes:
+    images: float32 [N, H, W, C] scaled to [0, 1].
+    labels: int32 [N], indices into `Dataset.class_names`.
+  """
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __post_init__(self):
+    if self.images.ndim != 4 or self.images.dtype != np.float32:
+      raise ValueError(f"images must be float32 [N, H, W, C], got {self.images.dtype} "
+                       f"{self.images.shape}.")
+    if self.labels.ndim != 1 or self.labels.dtype != np.int32:
+      raise ValueError(f"labels must be int32 [N], got {self.labels.dtype} {self.labels.shape}.")
+    if len(self.images) != len(self.labels):
+      raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels.")
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  @property
+  def num_classes(self) -> int:
+    """The number of distinct labels present in this split (a subsample may miss classes)."""
+    return len(np.unique(self.labels))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+  name: str
+  train: Split
+  test: Split
+  class_names: tuple[str, ...]
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.train.images.shape[1:])
+
+
+def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0,
+                 max_train: int | None = None, max_test: int | None = None) -> Dataset:
+  """Loads a dataset by name (see the module docstring for the names).
+
+  Args:
+    name: "digits", "fashion_mnist", "mnist" or "tfds:<name>".
+    data_dir: the folder of the IDX files (fashion_mnist, mnist) or tfds' data dir (tfds:).
+      Ignored by "digits".
+    seed: seeds the train/test split of "digits" and the subsamples below.
+    max_train: keep at most this many training examples, a deterministic subsample with the
+      class proportions of the full split (None keeps all).
+    max_test: the same for the test split.
+
+  Returns:
+    The dataset.
+
+  Raises:
+    ValueError: unknown name, or malformed files.
+    FileNotFoundError: missing IDX files (the message says how to get them).
+    ImportError: a tfds: name without tensorflow-datasets installed.
+    RuntimeError: a tfds dataset that is not prepared and cannot be downloaded here.
+  """
+  if name == "digits":
+    dataset = _load_digits(seed)
+  elif name == "fashion_mnist":
+    if data_dir is None:
+      if not os.path.isdir(FASHION_MNIST_DEBIAN_DIR):
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found at {FASHION_MNIST_DEBIAN_DIR}. Install it with "
+            "`apt-get install dataset-fashion-mnist`, or pass data_dir= a folder holding "
+            f"{_idx_file_list()}.")
+      data_dir = FASHION_MNIST_DEBIAN_DIR
+    dataset = _load_idx_dataset(name, data_dir, FASHION_MNIST_CLASS_NAMES)
+  elif name == "mnist":
+    if data_dir is None:
+      dataset = dataclasses.replace(_load_tfds("mnist", None), name="mnist")
+    else:
+      dataset = _load_idx_dataset(name, data_dir, DIGIT_CLASS_NAMES)
+  elif name.startswith(TFDS_PREFIX) and len(name) > len(TFDS_PREFIX):
+    dataset = _load_tfds(name[len(TFDS_PREFIX):], data_dir)
+  else:
+    raise ValueError(f"Unknown dataset {name!r}; expected one of {DATASET_NAMES}.")
+  return dataclasses.replace(
+      dataset,
+      train=_subsample(dataset.train, max_train, seed, "max_train"),
+      test=_subsample(dataset.test, max_test, seed + 1, "max_test"))
+
+
+def num_examples_per_class(labels: np.ndarray, num_classes: int | None = None) -> np.ndarray:
+  """Counts [num_classes] of the non-negative integer `labels` (default: max label + 1)."""
+  labels = np.asarray(labels)
+  if labels.size and labels.min() < 0:
+    raise ValueError(f"labels must be >= 0, got {labels.min()}.")
+  return np.bincount(labels.reshape(-1).astype(np.int64), minlength=num_classes or 0)
+
+
+# --- digits ----------------------------------------------------------------------------------
+
+
+def _load_digits(seed: int) -> Dataset:
+  # Imported here: scikit-learn takes a second to import and only this dataset needs it.
+  from sklearn import datasets as sklearn_datasets
+  from sklearn import model_selection
+
+  digits = sklearn_datasets.load_digits()
+  images = (digits.images / 16.0).astype(np.float32)[..., np.newaxis]  # Pixel values 0..16.
+  labels = digits.target.astype(np.int32)
+  train_index, test_index = model_selection.train_test_split(
+      np.arange(len(labels)), test_size=DIGITS_TEST_FRACTION, stratify=labels,
+      random_state=seed)
+  # Sorted so that a split keeps the original order; the samplers shuffle.
+  train_index, test_index = np.sort(train_index), np.sort(test_index)
+  return Dataset(
+      name="digits",
+      train=Split(images[train_index], labels[train_index]),
+      test=Split(images[test_index], labels[test_index]),
+      class_names=DIGIT_CLASS_NAMES)
+
+
+# --- IDX files (MNIST, Fashion-MNIST) ----------------------------------------------------------
+
+
+def read_idx(path: str) -> np.ndarray:
+  """Reads an IDX file (gzip-compressed when `path` ends in .gz) into a native-endian array.
+
+  The format: two zero bytes, a type code, the number of dimensions, then each dimension as a
+  big-endian uint32, then the values in C order, big-endian.
+
+  Raises:
+    FileNotFoundError: `path` does not exist.
+    ValueError: a bad magic number, an unknown type code, or a truncated (or too long) file.
+  """
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"No such IDX file: {path}")
+  try:
+    if path.endswith(".gz"):
+      with gzip.open(path, "rb") as f:
+        content = f.read()
+    else:
+      with open(path, "rb") as f:
+        content = f.read()
+  except (EOFError, gzip.BadGzipFile, zlib.error) as error:  # A truncated or corrupt gzip.
+    raise ValueError(f"{path}: corrupt or truncated gzip file ({error}).") from error
+  return parse_idx(content, path)
+
+
+def parse_idx(content: bytes, source: str = "<bytes>") -> np.ndarray:
+  """Parses the bytes of an IDX file (see `read_idx`); `source` names it in errors."""
+  if len(content) < 4:
+    raise ValueError(f"{source}: truncated IDX file, {len(content)} bytes is shorter than the "
+                     "4-byte magic number.")
+  zero, type_code, num_dims = struct.unpack(">HBB", content[:4])
+  if zero != 0 or type_code not in IDX_DTYPES:
+    raise ValueError(f"{source}: bad IDX magic number 0x{content[:4].hex()}; expected "
+                     "0x0000 followed by a type code (0x08 for uint8) and the number of "
+                     "dimensions. Is it an IDX file (gzip-compressed ones must end in .gz)?")
+  header_size = 4 + 4 * num_dims
+  if len(content) < header_size:
+    raise ValueError(f"{source}: truncated IDX file, {len(content)} bytes is shorter than the "
+                     f"{header_size}-byte header of {num_dims} dimensions.")
+  shape = struct.unpack(f">{num_dims}I", content[4:header_size])
+  dtype = IDX_DTYPES[type_code]
+  expected_size = header_size + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+  if len(content) != expected_size:
+    problem = "truncated" if len(content) < expected_size else "too long"
+    raise ValueError(f"{source}: {problem} IDX file, {len(content)} bytes where shape {shape} "
+                     f"of {dtype} needs {expected_size}.")
+  values = np.frombuffer(content, dtype=dtype, offset=header_size).reshape(shape)
+  return values.astype(dtype.newbyteorder("="))
+
+
+def _idx_file_list() -> str:
+  names = [name for pair in IDX_FILES.values() for name in pair]
+  return ", ".join(f"{name}[.gz]" for name in names)
+
+
+def _find_idx_file(data_dir: str, base_name: str, dataset_name: str) -> str:
+  for candidate in (base_name + ".gz", base_name):
+    path = os.path.join(data_dir, candidate)
+    if os.path.exists(path):
+      return path
+  if dataset_name == "fashion_mnist":
+    how = ("`apt-get install dataset-fashion-mnist` installs them in "
+           f"{FASHION_MNIST_DEBIAN_DIR} (then leave data_dir=None)")
+  else:
+    how = ("download the four MNIST IDX files into it, or leave data_dir=None to read tfds' "
+           "'mnist'")
+  raise FileNotFoundError(
+      f"{dataset_name}: missing {os.path.join(data_dir, base_name + '.gz')} (or the "
+      f"uncompressed {base_name}). data_dir must hold {_idx_file_list()}; {how}.")
+
+
+def _load_idx_split(data_dir: str, split: str, dataset_name: str,
+                    num_classes: int) -> Split:
+  images_name, labels_name = IDX_FILES[split]
+  images_path = _find_idx_file(data_dir, images_name, dataset_name)
+  labels_path = _find_idx_file(data_dir, labels_name, dataset_name)
+  images = read_idx(images_path)
+  labels = read_idx(labels_path)
+  if images.ndim != 3 or images.dtype != np.uint8:
+    raise ValueError(f"{images_path}: expected uint8 images [N, H, W], got {images.dtype} "
+                     f"{images.shape}.")
+  if labels.ndim != 1:
+    raise ValueError(f"{labels_path}: expected labels [N], got shape {labels.shape}.")
+  if len(images) != len(labels):
+    raise ValueError(f"{dataset_name} {split}: {len(images)} images in {images_path} but "
+                     f"{len(labels)} labels in {labels_path}.")
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f"{labels_path}: labels must be in [0, {num_classes}), got "
+                     f"[{labels.min()}, {labels.max()}].")
+  return Split(_scale_uint8(images[..., np.newaxis]), labels.astype(np.int32))
+
+
+def _load_idx_dataset(name: str, data_dir: str, class_names: tuple[str, ...]) -> Dataset:
+  if not os.path.isdir(data_dir):
+    raise FileNotFoundError(f"{name}: data_dir {data_dir} is not a folder; it must hold "
+                            f"{_idx_file_list()}.")
+  return Dataset(
+      name=name,
+      train=_load_idx_split(data_dir, "train", name, len(class_names)),
+      test=_load_idx_split(data_dir, "test", name, len(class_names)),
+      class_names=class_names)
+
+
+def _scale_uint8(images: np.ndarray) -> np.ndarray:
+  # Multiplying by a float32 reciprocal keeps the result float32 without a float64 temporary.
+  return images.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+# --- tensorflow-datasets -----------------------------------------------------------------------
+
+# tfds downloads MNIST and most image datasets from Google Cloud Storage.
+_NETWORK_PROBE_ADDRESS = ("storage.googleapis.com", 443)
+_NETWORK_PROBE_TIMEOUT_S = 3.0
+_TFDS_READ_CHUNK = 1024
+
+
+def _network_is_available() -> bool:
+  """Whether tfds could download: without this probe an offline download retries for minutes."""
+  try:
+    with socket.create_connection(_NETWORK_PROBE_ADDRESS, timeout=_NETWORK_PROBE_TIMEOUT_S):
+      return True
+  except OSError:
+    return False
+
+
+def _offline_message(tfds_name: str, data_dir: str | None, reason: str) -> str:
+  where = data_dir or "the default tfds data dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
+  mnist_files = (" For 'mnist', data_dir= a folder of the four MNIST IDX files works too."
+                 if tfds_name == "mnist" else "")
+  return (f"tfds dataset {tfds_name!r} is not prepared in {where} and {reason}: this run "
+          "looks offline. Datasets that work without network: 'digits' (bundled with "
+          "scikit-learn) and 'fashion_mnist' (after `apt-get install dataset-fashion-mnist`); "
+          "or prepare the tfds dataset on a machine with network and copy its data dir here "
+          f"(data_dir=).{mnist_files}")
+
+
+def _import_tfds():
+  try:
+    import tensorflow_datasets as tfds  # Optional dependency: imported only when needed.
+  except ImportError as error:
+    raise ImportError(
+        "tfds: datasets need tensorflow-datasets: `pip install tensorflow-datasets` (TensorFlow "
+        "itself is not needed to read prepared datasets). Offline, use 'digits' or "
+        "'fashion_mnist'.") from error
+  return tfds
+
+
+def _load_tfds(tfds_name: str, data_dir: str | None) -> Dataset:
+  tfds = _import_tfds()
+  try:
+    builder = tfds.builder(tfds_name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as error:
+    # tfds' own message lists hundreds of names; keep the first line.
+    first_line = str(error).splitlines()[0]
+    raise ValueError(f"{first_line} See https://www.tensorflow.org/datasets/catalog for the "
+                     "names of tfds: datasets.") from error
+  if not builder.is_prepared():
+    _prepare_tfds(builder, tfds_name, data_dir)
+  try:
+    sources = builder.as_data_source(split=["train", "test"])
+  except NotImplementedError as error:
+    raise RuntimeError(
+        f"tfds dataset {tfds_name!r} in {builder.data_dir} is prepared in a format without "
+        "random access (TFRecord); prepare it with file_format='array_record' (as "
+        "tfds.data_source does) in another data_dir.") from error
+  train_source, test_source = sources
+  label_feature = builder.info.features["label"]
+  num_classes = label_feature.num_classes
+  class_names = tuple(getattr(label_feature, "names", None) or map(str, range(num_classes)))
+  return Dataset(
+      name=TFDS_PREFIX + tfds_name,
+      train=_read_tfds_source(train_source, f"{tfds_name}/train"),
+      test=_read_tfds_source(test_source, f"{tfds_name}/test"),
+      class_names=class_names)
+
+
+def _prepare_tfds(builder, tfds_name: str, data_dir: str | None) -> None:
+  """Downloads and prepares a tfds dataset, in the random-access format data sources read."""
+  if not _network_is_available():
+    raise RuntimeError(_offline_message(
+        tfds_name, data_dir,
+        f"{_NETWORK_PROBE_ADDRESS[0]} cannot be reached to download it"))
+  try:
+    builder.download_and_prepare(file_format="array_record")
+  except ModuleNotFoundError as error:
+    if error.name != "tensorflow":
+      # tensorflow-datasets 4.9.10 needs importlib_resources to prepare datasets but does not
+      # declare it (etils >= 1.15 no longer brings it).
+      raise RuntimeError(f"Preparing tfds dataset {tfds_name!r} needs the module "
+                         f"{error.name!r}: `pip install {error.name}`.") from error
+    raise RuntimeError(
+        f"Preparing tfds dataset {tfds_name!r} needs TensorFlow (its builder reads the "
+        "downloaded files with tf.io), though reading it afterwards does not. Prepare it once "
+        "where TensorFlow is installed (with file_format='array_record') and pass its data_dir"
+        + ("; or pass data_dir= the folder of the four MNIST IDX files to read them directly."
+           if tfds_name == "mnist" else ".")) from error
+  except OSError as error:  # requests' ConnectionError and socket errors derive from OSError.
+    raise RuntimeError(_offline_message(tfds_name, data_dir,
+                                        f"downloading it failed ({error})")) from error
+
+
+def _read_tfds_source(source, description: str) -> Split:
+  images, labels = [], []
+  for start in range(0, len(source), _TFDS_READ_CHUNK):
+    for example in _read_examples(source, range(start, min(start + _TFDS_READ_CHUNK,
+                                                           len(source)))):
+      images.append(example["image"])
+      labels.append(example["label"])
+  if not images:
+    raise ValueError(f"tfds {description} is empty.")
+  images = np.stack(images)
+  if images.ndim == 3:  # Grayscale features without a channel axis.
+    images = images[..., np.newaxis]
+  if images.ndim != 4:
+    raise ValueError(f"tfds {description}: expected images [H, W, C], got {images.shape[1:]}.")
+  if images.dtype == np.uint8:
+    images = _scale_uint8(images)
+  elif np.issubdtype(images.dtype, np.floating):
+    images = images.astype(np.float32)  # Float image features are already in [0, 1].
+  else:
+    raise ValueError(f"tfds {description}: unsupported image dtype {images.dtype}.")
+  return Split(images, np.asarray(labels).astype(np.int32))
+
+
+def _read_examples(source, indices: range) -> list:
+  """Reads examples in one batched call, or one by one where batching is missing."""
+  try:
+    # The batched read fetches records in parallel, far faster than indexing one by one.
+    return list(source.__getitems__(list(indices)))
+  except (AttributeError, TypeError):
+    # Sources without `__getitems__`, and tfds' mock data source, whose `__getitems__` is
+    # broken (tfds 4.9.10: "_getitems() missing 1 required positional argument").
+    return [source[index] for index in indices]
+
+
+# --- subsampling -------------------------------------------------------------------------------
+
+
+def _subsample(split: Split, max_examples: int | None, seed: int, argument: str) -> Split:
+  """Keeps `max_examples` examples with the class proportions of `split`, in their order."""
+  if max_examples is None:
+    return split
+  if max_examples < 1:
+    raise ValueError(f"{argument} must be >= 1 or None, got {max_examples}.")
+  if max_examples >= len(split):
+    return split
+  rng = np.random.default_rng([seed, len(split), max_examples])
+  classes, counts = np.unique(split.labels, return_counts=True)
+  # Largest-remainder rounding of the exact shares: each class gets its share within one
+  # example, and the quotas add up to max_examples.
+  shares = max_examples * counts / len(split)
+  quotas = np.floor(shares).astype(np.int64)
+  # Random tie-breaking among equal remainders, so that no class is always favoured.
+  tie_break = rng.permutation(len(classes))
+  by_remainder = np.lexsort((tie_break, -(shares - quotas)))
+  quotas[by_remainder[:max_examples - quotas.sum()]] += 1
+  keep = np.concatenate([
+      rng.permutation(np.flatnonzero(split.labels == label))[:quota]
+      for label, quota in zip(classes, quotas)])
+  keep = np.sort(keep)  # The original order, as the full split has it.
+  return Split(split.images[keep], split.labels[keep])

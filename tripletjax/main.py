@@ -1,0 +1,53 @@
+"""Trains and evaluates an embedding model: `python -m tripletjax.main --config=configs/X.py`.
+
+  python -m tripletjax.main --config=configs/digits.py --workdir=runs/digits
+  python -m tripletjax.main --config=configs/digits.py --config.loss.name=hard
+  python -m tripletjax.main --config=configs/fashion_mnist.py --config.loss.margin=0.2
+
+Everything the run produces goes to --workdir (default: runs/<dataset>-<loss>); an interrupted
+run started again with the same --workdir resumes from its last checkpoint. Multi-host: start
+one process per host with --coordinator_address, --num_processes and --process_id.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from tripletjax import train
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Training configuration file (configs/*.py).", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, metrics, plots and exports.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for multi-host runs.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _COORDINATOR.value:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or os.path.join("runs", f"{config.data.name}-{config.loss.name}")
+  # Orbax reports every step of every save at INFO level: keep the console for the progress bar.
+  logging.set_verbosity(logging.WARNING)
+  if jax.process_index() == 0:
+    print(f"JAX {jax.__version__} on {jax.device_count()} {jax.devices()[0].platform} device(s), "
+          f"{jax.process_count()} process(es); writing to {workdir}")
+  final = train.train_and_evaluate(config, workdir)
+  if jax.process_index() == 0:
+    print(f"precision@1 {final['precision_at_1']:.4f}  MAP@R {final['map_at_r']:.4f}  "
+          f"R-precision {final['r_precision']:.4f}  NMI {final['nmi']:.4f}")
+    print(f"Results in {workdir}: eval.json, report.md, projector/, plots/")
+
+
+if __name__ == "__main__":
+  app.run(main)

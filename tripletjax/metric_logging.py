@@ -1,0 +1,70 @@
+"""Training metrics written as JSON lines (for scripts and the report) and TensorBoard events."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from tripletjax.exports import read_metrics_jsonl
+
+
+def _to_python(value: Any):
+  if isinstance(value, dict):
+    return {str(k): _to_python(v) for k, v in value.items()}
+  if isinstance(value, (np.generic, np.ndarray)) or hasattr(value, "item"):
+    value = np.asarray(value)
+    return value.item() if value.ndim == 0 else value.tolist()
+  return value
+
+
+class MetricLog:
+  """Appends records to `<workdir>/<name>.jsonl` and scalars to TensorBoard.
+
+  Args:
+    workdir: run directory.
+    name: file stem, e.g. "metrics" (training steps) or "eval" (evaluations).
+    keep_until_step: on resume, records logged after this step (by the killed run, after its
+      last checkpoint) are dropped, so the curve continues exactly where the checkpoint was.
+    tensorboard: also write TensorBoard event files under `<workdir>/tensorboard`.
+  """
+
+  def __init__(self, workdir: str, name: str, keep_until_step: int | None = None,
+               tensorboard: bool = True, enabled: bool = True):
+    self.path = os.path.join(workdir, f"{name}.jsonl")
+    self._enabled = enabled
+    self._name = name
+    if enabled and keep_until_step is not None and os.path.exists(self.path):
+      kept = [r for r in read_metrics_jsonl(self.path) if r.get("step", 0) <= keep_until_step]
+      with open(self.path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+    elif enabled and keep_until_step is None and os.path.exists(self.path):
+      os.remove(self.path)  # A fresh run: start a fresh log.
+    self._writer = None
+    if enabled and tensorboard:
+      from tensorboardX import SummaryWriter  # Imported lazily: it is slow to import.
+      self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, record: dict) -> dict:
+    record = {"step": int(step), **_to_python(record)}
+    if not self._enabled:
+      return record
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self._writer is not None:
+      for key, value in record.items():
+        if isinstance(value, (int, float)) and key != "step":
+          self._writer.add_scalar(f"{self._name}/{key}", value, step)
+        elif isinstance(value, dict):
+          for sub_key, sub_value in value.items():
+            if isinstance(sub_value, (int, float)):
+              self._writer.add_scalar(f"{self._name}/{key}@{sub_key}", sub_value, step)
+      self._writer.flush()
+    return record
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+

@@ -1,0 +1,326 @@
+"""Training and evaluation of an embedding model with a mined triplet (or contrastive) loss.
+
+The path of a batch: `datasets.load_dataset` (images on the host) -> `samplers` (indices of a
+global batch, deterministic given seed and epoch) -> `shard_batch` (each process puts its slice
+on its devices; the global batch is one array sharded over the mesh's "data" axis) ->
+`train_step` (model forward, loss mined over the *global* batch, Optax update) -> metrics,
+evaluation, checkpoints and exports.
+
+The train step is one jit-compiled pure function of (state, images, labels). The state is
+replicated and the batch sharded over every device, so the same code runs on one CPU, on all
+GPUs of a machine, and on several hosts after `jax.distributed.initialize()`: XLA gathers the
+embeddings of all devices before the loss, so negatives come from the whole global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+from tripletjax import checkpointing
+from tripletjax import datasets
+from tripletjax import exports
+from tripletjax import losses
+from tripletjax import metric_logging
+from tripletjax import models
+from tripletjax import retrieval
+from tripletjax import samplers
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "warmup_cosine")
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks.
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Rejects unknown names early, with the list of valid ones."""
+  def check(value, valid, key):
+    if value not in valid:
+      raise ValueError(f"config.{key}={value!r} is not one of {sorted(valid)}.")
+  check(config.loss.name, losses.MINED_LOSSES, "loss.name")
+  check(config.loss.metric, ("l2", "squared_l2", "angular"), "loss.metric")
+  check(config.model.name, models.MODELS, "model.name")
+  check(config.optimizer.name, OPTIMIZERS, "optimizer.name")
+  check(config.optimizer.schedule, SCHEDULES, "optimizer.schedule")
+  check(config.batch.sampler, ("shuffled", "balanced"), "batch.sampler")
+  batch = config.batch
+  if batch.sampler == "balanced" and batch.batch_size != batch.classes_per_batch * batch.samples_per_class:
+    raise ValueError(
+        f"config.batch.batch_size={batch.batch_size} must equal classes_per_batch x "
+        f"samples_per_class = {batch.classes_per_batch} x {batch.samples_per_class} for the "
+        "balanced sampler.")
+  if config.loss.margin < 0:
+    raise ValueError(f"config.loss.margin must be >= 0, got {config.loss.margin}.")
+  if config.num_epochs < 1:
+    raise ValueError(f"config.num_epochs must be >= 1, got {config.num_epochs}.")
+
+
+def make_loss_fn(loss_config: ml_collections.ConfigDict) -> Callable:
+  """(labels, embeddings) -> (loss, stats) for the configured loss."""
+  options = {"margin": loss_config.margin, "metric": loss_config.metric}
+  if loss_config.name == "hard":
+    options["soft"] = loss_config.soft
+  return functools.partial(losses.MINED_LOSSES[loss_config.name], return_stats=True, **options)
+
+
+def make_optimizer(config: ml_collections.ConfigDict, total_steps: int):
+  """The Optax optimizer and its learning-rate schedule."""
+  opt = config.optimizer
+  if opt.schedule == "constant":
+    schedule = optax.constant_schedule(opt.learning_rate)
+  elif opt.schedule == "cosine":
+    schedule = optax.cosine_decay_schedule(opt.learning_rate, max(total_steps, 1))
+  else:
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, opt.learning_rate, min(opt.warmup_steps, max(total_steps - 1, 0)),
+        max(total_steps, 1))
+  if opt.name == "adam":
+    tx = optax.adam(schedule)
+  elif opt.name == "adamw":
+    tx = optax.adamw(schedule, weight_decay=opt.weight_decay)
+  else:
+    tx = optax.sgd(schedule, momentum=opt.momentum)
+  if opt.grad_clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
+  return tx, schedule
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A 1-D mesh over every device of every process, axis "data"."""
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def shard_batch(mesh, images: np.ndarray, labels: np.ndarray):
+  """Places a global batch (identical on every process) sharded over the "data" axis.
+
+  Each process contributes only the rows its devices hold, so no host ever sends data to
+  another host's devices.
+  """
+  sharding = NamedSharding(mesh, P("data"))
+  global_batch = images.shape[0]
+  if global_batch % jax.device_count():
+    raise ValueError(f"The batch size {global_batch} must be divisible by the number of devices "
+                     f"({jax.device_count()}).")
+  per_process = global_batch // jax.process_count()
+  rows = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
+  put = lambda x: jax.make_array_from_process_local_data(sharding, x[rows], x.shape)
+  return put(images), put(labels)
+
+
+@dataclasses.dataclass
+class Trainer:
+  """The model, its optimizer and the compiled functions that use them."""
+  model: nnx.Module
+  optimizer: nnx.Optimizer
+  train_step: Callable
+  embed_fn: Callable
+
+
+def build_trainer(config, input_shape, total_steps, mesh) -> Trainer:
+  rngs = nnx.Rngs(params=config.seed, dropout=config.seed + 1)
+  model = models.create_model(config.model.name, input_shape=input_shape,
+                              embedding_dim=config.model.embedding_dim, rngs=rngs,
+                              **dict(config.model.kwargs))
+  tx, schedule = make_optimizer(config, total_steps)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  loss_fn = make_loss_fn(config.loss)
+  replicated = NamedSharding(mesh, P())
+
+  @nnx.jit
+  def train_step(model, optimizer, images, labels):
+    def objective(model):
+      output = model(images)
+      loss, stats = loss_fn(labels, output.embeddings)
+      return loss, (stats, output.norms)
+    (loss, (stats, norms)), grads = nnx.value_and_grad(objective, has_aux=True)(model)
+    optimizer.update(model, grads)
+    metrics = {"loss": loss, "embedding_norm": jnp.mean(norms),
+               "learning_rate": schedule(optimizer.step.value - 1), **stats}
+    return jax.lax.with_sharding_constraint(metrics, replicated)
+
+  @nnx.jit
+  def embed_fn(model, images):
+    return model(images).embeddings
+
+  return Trainer(model, optimizer, train_step, embed_fn)
+
+
+def embed(trainer: Trainer, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+  """[N, E] embeddings of `images` in evaluation mode (dropout off, BatchNorm statistics)."""
+  trainer.model.eval()
+  outputs = []
+  for start in range(0, images.shape[0], batch_size):
+    chunk = images[start:start + batch_size]
+    padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), 0)])
+    outputs.append(np.asarray(trainer.embed_fn(trainer.model, padded))[:len(chunk)])
+  trainer.model.train()
+  return np.concatenate(outputs)
+
+
+def checkpoint_state(trainer: Trainer):
+  """What a checkpoint holds: parameters, BatchNorm statistics, optimizer state (no RNGs)."""
+  return nnx.to_pure_dict(nnx.state((trainer.model, trainer.optimizer), nnx.Not(nnx.RngState)))
+
+
+def restore_state(trainer: Trainer, pure_state) -> None:
+  state = nnx.state((trainer.model, trainer.optimizer), nnx.Not(nnx.RngState))
+  nnx.replace_by_pure_dict(state, pure_state)
+  nnx.update((trainer.model, trainer.optimizer), state)
+
+
+def _mean_records(records: list[dict]) -> dict:
+  return {k: float(np.mean([r[k] for r in records])) for k in records[0]}
+
+
+# ----------------------------------------------------------------------------------------------
+# The training loop.
+
+
+def evaluate(trainer, dataset, config, *, with_train: bool) -> dict:
+  """Retrieval metrics of the test split (leave-one-out), plus test-vs-train k-NN accuracy."""
+  test_embeddings = embed(trainer, dataset.test.images)
+  train_embeddings = train_labels = None
+  if with_train:
+    train_embeddings = embed(trainer, dataset.train.images)
+    train_labels = dataset.train.labels
+  metrics = retrieval.evaluate_embeddings(
+      test_embeddings, dataset.test.labels, train_embeddings, train_labels, seed=config.seed)
+  return metrics, test_embeddings
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains, evaluates and exports into `workdir`; resumes from its last checkpoint.
+
+  Returns:
+    The final evaluation metrics (also written to `workdir/eval.json`).
+  """
+  check_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  mesh = make_mesh()
+
+  dataset = datasets.load_dataset(config.data.name, config.data.data_dir, seed=config.seed,
+                                  max_train=config.data.max_train,
+                                  max_test=config.data.max_test)
+  sampler = samplers.make_sampler(
+      config.batch.sampler, dataset.train.labels, batch_size=config.batch.batch_size,
+      classes_per_batch=config.batch.classes_per_batch,
+      samples_per_class=config.batch.samples_per_class, seed=config.seed)
+  steps_per_epoch = sampler.steps_per_epoch
+  total_steps = steps_per_epoch * config.num_epochs
+  trainer = build_trainer(config, dataset.train.images.shape[1:], total_steps, mesh)
+
+  checkpoints = checkpointing.EpochCheckpoints(os.path.join(workdir, "checkpoints"))
+  start_epoch, step = 0, 0
+  latest = checkpoints.latest_epoch()
+  if latest is not None:
+    state, meta = checkpoints.restore(latest, checkpoint_state(trainer))
+    restore_state(trainer, state)
+    start_epoch, step = meta["epoch"], meta["step"]
+    if is_main:
+      print(f"Resuming from the checkpoint after epoch {start_epoch} (step {step}).")
+  resumed = latest is not None
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  train_log = metric_logging.MetricLog(workdir, "metrics", step if resumed else None,
+                                       enabled=is_main)
+  eval_log = metric_logging.MetricLog(workdir, "eval", step if resumed else None,
+                                      tensorboard=True, enabled=is_main)
+
+  progress = tqdm(total=total_steps, initial=step, desc=f"{config.loss.name} on "
+                  f"{config.data.name}", unit="step", disable=not is_main or config.quiet,
+                  dynamic_ncols=True)
+  trainer.model.train()
+  window, test_embeddings = [], None
+  for epoch in range(start_epoch, config.num_epochs):
+    # Dropout masks depend only on (seed, epoch, step in epoch): a resumed run repeats them.
+    nnx.reseed(trainer.model, dropout=jax.random.fold_in(
+        jax.random.key(config.seed + 1), epoch))
+    epoch_start = time.time()
+    for indices in sampler.epoch(epoch):
+      images, labels = shard_batch(mesh, dataset.train.images[indices],
+                                   dataset.train.labels[indices].astype(np.int32))
+      metrics = trainer.train_step(trainer.model, trainer.optimizer, images, labels)
+      step += 1
+      window.append(metrics)
+      if step % config.log_every_steps == 0 or step == total_steps:
+        record = _mean_records(jax.device_get(window))
+        window = []
+        train_log.write(step, {"epoch": epoch + 1, **record})
+        progress.set_postfix(loss=f"{record['loss']:.4f}",
+                             active=f"{record['fraction_active']:.3f}")
+      progress.update(1)
+    epoch_seconds = time.time() - epoch_start
+
+    last_epoch = epoch + 1 == config.num_epochs
+    if (epoch + 1) % config.eval_every_epochs == 0 or last_epoch:
+      metrics, test_embeddings = evaluate(trainer, dataset, config, with_train=last_epoch)
+      eval_log.write(step, {"epoch": epoch + 1, "epoch_seconds": epoch_seconds, **metrics})
+      progress.write(f"epoch {epoch + 1}: precision@1 {metrics['precision_at_1']:.4f}  "
+                     f"MAP@R {metrics['map_at_r']:.4f}  ({epoch_seconds:.0f} s)")
+      if is_main and config.export.pca_every_eval:
+        exports.plot_pca(test_embeddings, dataset.test.labels,
+                         os.path.join(workdir, "plots", f"pca_2d_epoch{epoch + 1:03d}.png"),
+                         os.path.join(workdir, "plots", f"pca_3d_epoch{epoch + 1:03d}.png"),
+                         title=f"{config.loss.name}, epoch {epoch + 1}",
+                         class_names=dataset.class_names)
+    if (epoch + 1) % config.checkpoint_every_epochs == 0 or last_epoch:
+      checkpoints.save(epoch + 1, checkpoint_state(trainer), {"epoch": epoch + 1, "step": step})
+  progress.close()
+  checkpoints.close()
+
+  if test_embeddings is None:  # Resumed after the last epoch: evaluate the restored model.
+    metrics, test_embeddings = evaluate(trainer, dataset, config, with_train=True)
+  final = {k: v for k, v in metrics.items()}
+  final.update(loss=config.loss.name, dataset=config.data.name, epochs=config.num_epochs,
+               steps=step)
+  if is_main:
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+      json.dump(final, f, indent=2)
+    write_exports(workdir, config, dataset, test_embeddings, final)
+  train_log.close()
+  eval_log.close()
+  return final
+
+
+def write_exports(workdir, config, dataset, test_embeddings, final_metrics) -> None:
+  """Projector files, plots and the report: everything a researcher looks at."""
+  limit = config.export.projector_max_points
+  exports.write_projector_files(
+      os.path.join(workdir, "projector"), test_embeddings[:limit], dataset.test.labels[:limit],
+      images=dataset.test.images[:limit], class_names=dataset.class_names)
+  # Curves of this run and of its siblings (same parent directory): a semi-hard run and a
+  # batch-hard run side by side is one override and one report away.
+  runs = {}
+  parent = os.path.dirname(os.path.abspath(workdir))
+  for name in sorted(os.listdir(parent)):
+    path = os.path.join(parent, name, "metrics.jsonl")
+    if os.path.exists(path) and (records := exports.read_metrics_jsonl(path)):
+      runs[name] = records
+  plots = os.path.join(workdir, "plots")
+  figures = [os.path.join(plots, "training_curves.png"), os.path.join(plots, "eval_history.png")]
+  exports.plot_training_curves(runs, figures[0])
+  exports.plot_eval_history(exports.read_metrics_jsonl(os.path.join(workdir, "eval.jsonl")),
+                            figures[1])
+  pca = sorted(f for f in os.listdir(plots) if f.startswith("pca_"))
+  figures += [os.path.join(plots, f) for f in pca[-2:]]
+  exports.write_report(workdir, config_text=str(config), eval_metrics=final_metrics,
+                       figures=figures, runs=list(runs))
