@@ -142,3 +142,16 @@ def test_shard_batch_places_the_global_batch():
   np.testing.assert_array_equal(np.asarray(sharded_labels), labels)
   assert sharded_images.sharding.spec[0] == "data"
   assert len(jax.devices()) >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_smoke(tmp_path):
+  config = tiny_config(**{"data.name": "fashion_mnist", "data.max_train": 512,
+                          "data.max_test": 256, "model.name": "hsu_cnn", "num_epochs": 1,
+                          "batch.batch_size": 128})
+  final = train.train_and_evaluate(config, str(tmp_path / "fashion"))
+  assert final["dataset"] == "fashion_mnist"
+  assert 0.3 < final["precision_at_1"] <= 1.0  # One short epoch: well above chance (0.1).
+  assert (tmp_path / "fashion" / "projector" / "sprite.png").exists()
