@@ -155,3 +155,11 @@ def test_fashion_mnist_smoke(tmp_path):
   assert final["dataset"] == "fashion_mnist"
   assert 0.3 < final["precision_at_1"] <= 1.0  # One short epoch: well above chance (0.1).
   assert (tmp_path / "fashion" / "projector" / "sprite.png").exists()
+
+
+def test_model_options_pass_only_what_is_set():
+  config = tiny_config()
+  assert train.model_options(config.model) == {}
+  config.model.width = 8
+  config.model.dropout_rate = 0.0
+  assert train.model_options(config.model) == {"width": 8, "dropout_rate": 0.0}

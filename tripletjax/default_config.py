@@ -25,7 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.name = "tfa_cnn"  # tfa_cnn | hsu_cnn | resnet18 | resnet34 | resnet50
   config.model.embedding_dim = 64
-  config.model.kwargs = ml_collections.ConfigDict()  # e.g. width for ResNets.
+  # Model options; None keeps the model's own default.
+  config.model.width = ml_collections.FieldReference(None, field_type=int)  # ResNets.
+  config.model.dropout_rate = ml_collections.FieldReference(None, field_type=float)  # CNNs.
 
   config.loss = ml_collections.ConfigDict()
   config.loss.name = "semihard"  # semihard | hard | batch_all | contrastive

@@ -124,6 +124,12 @@ def shard_batch(mesh, images: np.ndarray, labels: np.ndarray):
   return put(images), put(labels)
 
 
+def model_options(model_config: ml_collections.ConfigDict) -> dict:
+  """The model options that are set (not None) in the config, as keyword arguments."""
+  options = {"width": model_config.width, "dropout_rate": model_config.dropout_rate}
+  return {name: value for name, value in options.items() if value is not None}
+
+
 @dataclasses.dataclass
 class Trainer:
   """The model, its optimizer and the compiled functions that use them."""
@@ -137,7 +143,7 @@ def build_trainer(config, input_shape, total_steps, mesh) -> Trainer:
   rngs = nnx.Rngs(params=config.seed, dropout=config.seed + 1)
   model = models.create_model(config.model.name, input_shape=input_shape,
                               embedding_dim=config.model.embedding_dim, rngs=rngs,
-                              **dict(config.model.kwargs))
+                              **model_options(config.model))
   tx, schedule = make_optimizer(config, total_steps)
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   loss_fn = make_loss_fn(config.loss)
