@@ -53,6 +53,7 @@ def test_end_to_end_writes_every_export_and_compares_sibling_runs(tmp_path):
   final = train.train_and_evaluate(tiny_config(), str(workdir))
   report = (workdir / "report.md").read_text()
   assert "digits-semihard" in report and "digits-hard" in report
+  assert "missing" not in report and "pca_2d_epoch002.png" in report
   for name in ["eval.json", "report.md", "metrics.jsonl", "eval.jsonl", "config.json",
                "projector/vecs.tsv", "projector/meta.tsv", "projector/sprite.png",
                "projector/projector_config.pbtxt", "plots/training_curves.png",
@@ -76,7 +77,9 @@ def test_end_to_end_writes_every_export_and_compares_sibling_runs(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_continues_the_same_curve(tmp_path):
+def test_resume_continues_the_same_curve(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # Relative workdirs, as on the command line.
+  tmp_path = tmp_path.relative_to(tmp_path)
   config = tiny_config(num_epochs=3)
   full = tmp_path / "full"
   train.train_and_evaluate(config, str(full))

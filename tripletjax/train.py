@@ -307,6 +307,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return final
 
 
+def _same_dataset(run_dir: str, dataset_name: str) -> bool:
+  """Whether the run in `run_dir` trained on `dataset_name` (per its config.json)."""
+  try:
+    with open(os.path.join(run_dir, "config.json")) as f:
+      return json.load(f)["data"]["name"] == dataset_name
+  except (OSError, ValueError, KeyError):
+    return False
+
+
 def write_exports(workdir, config, dataset, test_embeddings, final_metrics) -> None:
   """Projector files, plots and the report: everything a researcher looks at."""
   limit = config.export.projector_max_points
@@ -319,14 +328,16 @@ def write_exports(workdir, config, dataset, test_embeddings, final_metrics) -> N
   parent = os.path.dirname(os.path.abspath(workdir))
   for name in sorted(os.listdir(parent)):
     path = os.path.join(parent, name, "metrics.jsonl")
-    if os.path.exists(path) and (records := exports.read_metrics_jsonl(path)):
-      runs[name] = records
-  plots = os.path.join(workdir, "plots")
+    if _same_dataset(os.path.join(parent, name), config.data.name) and os.path.exists(path):
+      if records := exports.read_metrics_jsonl(path):
+        runs[name] = records
+  plots = os.path.abspath(os.path.join(workdir, "plots"))
   figures = [os.path.join(plots, "training_curves.png"), os.path.join(plots, "eval_history.png")]
   exports.plot_training_curves(runs, figures[0])
   exports.plot_eval_history(exports.read_metrics_jsonl(os.path.join(workdir, "eval.jsonl")),
                             figures[1])
-  pca = sorted(f for f in os.listdir(plots) if f.startswith("pca_"))
-  figures += [os.path.join(plots, f) for f in pca[-2:]]
+  for prefix in ("pca_2d_", "pca_3d_"):  # The last evaluation's PCA plots.
+    latest = sorted(f for f in os.listdir(plots) if f.startswith(prefix))[-1:]
+    figures += [os.path.join(plots, f) for f in latest]
   exports.write_report(workdir, config_text=str(config), eval_metrics=final_metrics,
                        figures=figures, runs=list(runs))

@@ -125,8 +125,10 @@ def resolve_stem(stem: str, input_shape: tuple[int, int, int]) -> str:
 
 
 class ResNet(nnx.Module):
-  """ResNet embedding model: stem -> 4 stages of residual blocks -> global average pool ->
-  Dense(embedding_dim) -> L2 normalise.
+  """ResNet embedding model for 28x28 up to 224x224 images.
+
+  Stem -> stages of residual blocks -> global average pool -> Dense(embedding_dim) -> L2
+  normalise.
 
   Stage i has `stage_sizes[i]` blocks of `width * 2**i` channels (times 4 at the output of
   bottleneck blocks); stages after the first halve the resolution in their first block.

@@ -1,0 +1,511 @@
+"""Vectorised NumPy versions of the mined losses, with analytic gradients: the benchmark baseline.
+
+`benchmarks.miners` times `tripletjax.losses` against these functions, which are the fastest
+formulation we could write in plain NumPy (no autodiff, no compiled extensions), and against
+the loop reference `tripletjax.reference`. They compute the same losses as the JAX package, with
+the same semantics (see `tripletjax.losses`), under these restrictions:
+
+  * metric: Euclidean distance ("l2", TensorFlow Addons' default) only;
+  * float32 arithmetic like the JAX side: distances from one float32 Gram matrix,
+    D_ij = sqrt(max(|x_i|^2 + |x_j|^2 - 2 x_i.x_j, 0)), D_ii = 0; only long sums accumulate in
+    float64;
+  * no statistics, and the hard loss has `soft` but nothing else.
+
+Every loss `name` has a forward function `name(labels, embeddings, margin)` returning the loss
+as a Python float, and `name_and_grad(labels, embeddings, margin)` returning
+`(loss, d loss / d embeddings)`, the gradient a float32 [B, D] array. `FORWARD` and
+`FORWARD_AND_BACKWARD` map the benchmark's loss names to them.
+
+Gradients. Each loss is a function of the distance matrix; with W = dL/dD and
+A_ij = W_ij / D_ij (0 where D_ij = 0, where the JAX side's safe square root has a zero gradient),
+dD_ij/dx_i = (x_i - x_j) / D_ij gives
+    dL/dx_i = sum_j (A_ij + A_ji) (x_i - x_j) = (rowsum(A) + colsum(A))_i x_i - (A X + A^T X)_i,
+two matrix products when A is dense, or a gather per entry when A has O(B) entries (hard loss).
+Where the loss has a kink (ties, hinge exactly 0) the one-sided choice is the JAX one.
+
+Semi-hard and batch-all mining sort each distance row once, as the JAX side does on CPU, with
+the row's entries packed into integer keys whose order is (distance, tag, column): the bits of a
+non-negative float32 order like the float itself. The forward functions need no permutation
+and sort 32-bit keys (distance bits << 1 | tag, twice as fast); the gradient functions sort
+64-bit keys (distance bits << 32 | tag << 31 | column) to send the gradient back to the
+original columns. Each anchor itself is moved to the end of its row (key = largest float,
+tagged like a positive for semi-hard, like a negative for batch-all), so that every row ends
+with a known entry and the anchor never needs masking. All mining then happens on the flat
+list of sorted positions of the O(B^2 / classes) positive pairs, found with one `flatnonzero`:
+
+  * semi-hard: positives are placed after negatives on equal distances, so the negative of a
+    positive is the first untagged entry to its right: the end of the positive's run of
+    consecutive tagged entries, found for all positives with a reverse running minimum
+    (`np.minimum.accumulate` on the reversed list). A run that reaches the anchor at the end of
+    the row has no farther negative: its pairs fall back to the entry just before the run (the
+    farthest negative), or to 0 if the run fills the row (no negative at all);
+  * batch-all: the row holds D_ap + margin for positives and D_an for negatives, positives first
+    on ties, so the active triplets of a positive are the negatives to its left: their number
+    is (sorted column - rank among the row's positives) and their sum a running sum of the
+    segments between consecutive positives (`np.add.reduceat`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+# Word order of a uint64 viewed as two uint32.
+_HIGH, _LOW = (1, 0) if np.little_endian else (0, 1)
+_FLOAT32_MAX_BITS = 0x7F7FFFFF   # Bits of the largest finite float32: sorts after any distance.
+_NOT_SIGN = 0x7FFFFFFF           # Clears the sign bit: -0.0 would sort after every distance.
+_TAG_BIT = 0x80000000            # The tag in the low word of a 64-bit key.
+
+
+def _check_inputs(labels, embeddings, margin):
+  """Returns (int labels [B], C-contiguous float32 embeddings [B, D], float32 margin)."""
+  embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+  labels = np.asarray(labels)
+  if embeddings.ndim != 2:
+    raise ValueError(f"embeddings must have shape [B, D], got {embeddings.shape}.")
+  if labels.shape != (embeddings.shape[0],):
+    raise ValueError(f"labels must have shape [{embeddings.shape[0]}], got {labels.shape}.")
+  if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_):
+    raise TypeError(f"labels must be integer class ids, got dtype {labels.dtype}.")
+  if not np.isfinite(margin) or margin < 0:
+    raise ValueError(f"margin must be finite and >= 0, got {margin}.")
+  return labels, embeddings, np.float32(margin)
+
+
+def pairwise_l2_distances(embeddings: np.ndarray, return_squared: bool = False):
+  """Euclidean distances [B, B] in float32 from the Gram matrix, as `tripletjax.distances`.
+
+  Args:
+    embeddings: [B, D] float32 embeddings.
+    return_squared: also return the clamped squared distances.
+
+  Returns:
+    `distances`, or `(distances, squared_distances)`; the diagonal is exactly 0.
+  """
+  gram = embeddings @ embeddings.T
+  squared_norms = np.diagonal(gram).copy()  # From the Gram diagonal, like the JAX side.
+  squared = np.add.outer(squared_norms, squared_norms)
+  gram *= 2.0
+  squared -= gram
+  np.maximum(squared, 0.0, out=squared)
+  np.fill_diagonal(squared, 0.0)
+  distances = np.sqrt(squared, out=gram)
+  return (distances, squared) if return_squared else distances
+
+
+def _same_class(labels: np.ndarray) -> np.ndarray:
+  return labels[:, None] == labels[None, :]
+
+
+def _diagonal(size: int):
+  index = np.arange(size)
+  return index, index
+
+
+# ----------------------------------------------------------------------------------------------
+# Gradients.
+
+
+def _safe_reciprocal(values: np.ndarray) -> np.ndarray:
+  """1 / values, and 0 where values == 0 (distances: the safe square root's zero gradient)."""
+  safe = np.where(values > 0, values, np.float32(np.inf))
+  return np.reciprocal(safe, out=safe)
+
+
+def _gradient_from_dense(embeddings: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
+  """d/dx of sum_ij W_ij D_ij for a dense A = W / D [B, B] (float32): see the module doc."""
+  gradient = embeddings * (coefficients.sum(axis=1) + coefficients.sum(axis=0))[:, None]
+  gradient -= coefficients @ embeddings
+  gradient -= coefficients.T @ embeddings
+  return gradient
+
+
+def _gradient_from_entries(embeddings: np.ndarray, rows: np.ndarray, columns: np.ndarray,
+                           coefficients: np.ndarray) -> np.ndarray:
+  """d/dx of sum_k W_k D[rows_k, columns_k], given A_k = W_k / D[rows_k, columns_k].
+
+  Uses a dense [B, B] A and two matrix products when there are many entries, else gathers.
+  """
+  batch = embeddings.shape[0]
+  coefficients = coefficients.astype(np.float32, copy=False)
+  if coefficients.size * 16 < batch * batch:
+    differences = embeddings[rows] - embeddings[columns]
+    differences *= coefficients[:, None]
+    gradient = np.zeros_like(embeddings)
+    np.add.at(gradient, rows, differences)
+    np.subtract.at(gradient, columns, differences)
+    return gradient
+  dense = np.zeros((batch, batch), np.float32)
+  np.add.at(dense.reshape(-1), rows * batch + columns, coefficients)
+  return _gradient_from_dense(embeddings, dense)
+
+
+# ----------------------------------------------------------------------------------------------
+# Row sorts with packed keys.
+
+
+def _sorted_keys32(values: np.ndarray, tags: np.ndarray, anchor_tag: bool) -> np.ndarray:
+  """Rows of uint32 keys (value bits << 1 | tag), sorted; the anchor goes last.
+
+  Args:
+    values: [B, B] float32, >= 0 (-0.0 allowed).
+    tags: [B, B] bool; on equal values untagged entries come first.
+    anchor_tag: the tag given to the diagonal (each anchor, moved to the end of its row).
+  """
+  keys = np.bitwise_and(values.view(np.uint32), _NOT_SIGN)
+  keys <<= 1
+  keys |= tags
+  keys[_diagonal(keys.shape[0])] = (_FLOAT32_MAX_BITS << 1) | int(anchor_tag)
+  keys.sort(axis=1)
+  return keys
+
+
+def _value32(keys: np.ndarray, flat_positions: np.ndarray) -> np.ndarray:
+  return (keys.reshape(-1)[flat_positions] >> 1).view(np.float32)
+
+
+def _sorted_keys64(values: np.ndarray, tags: np.ndarray, anchor_tag: bool) -> np.ndarray:
+  """Rows of uint64 keys (value bits << 32 | tag << 31 | column), sorted; the anchor goes last."""
+  batch, num_columns = values.shape
+  keys = np.empty((batch, num_columns), np.uint64)
+  words = keys.view(np.uint32).reshape(batch, num_columns, 2)
+  np.bitwise_and(values.view(np.uint32), _NOT_SIGN, out=words[..., _HIGH])
+  np.left_shift(tags, 31, out=words[..., _LOW], dtype=np.uint32, casting="unsafe")
+  words[..., _LOW] |= np.arange(num_columns, dtype=np.uint32)
+  diagonal = _diagonal(batch)
+  words[diagonal + (_HIGH,)] = _FLOAT32_MAX_BITS
+  words[diagonal + (_LOW,)] = np.arange(batch, dtype=np.uint32) | (_TAG_BIT if anchor_tag else 0)
+  keys.sort(axis=1)
+  return keys
+
+
+def _low_words(keys: np.ndarray) -> np.ndarray:
+  """[B, C] int32 view of the low words: negative where tagged."""
+  return keys.view(np.int32).reshape(*keys.shape, 2)[..., _LOW]
+
+
+def _value64(keys: np.ndarray, flat_positions: np.ndarray) -> np.ndarray:
+  return (keys.reshape(-1)[flat_positions] >> np.uint64(32)).astype(np.uint32).view(np.float32)
+
+
+def _column64(keys: np.ndarray, flat_positions: np.ndarray) -> np.ndarray:
+  return (keys.reshape(-1)[flat_positions] & np.uint64(_NOT_SIGN)).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Semi-hard triplet loss.
+
+
+class _SemiHardPairs(NamedTuple):
+  """The ordered positive pairs, as flat positions in the sorted [B, B] key array."""
+  positive: np.ndarray      # [P] int64 sorted position of the positive.
+  negative: np.ndarray      # [P] int64 sorted position of its negative (valid if has_negative).
+  has_negative: np.ndarray  # [P] bool: the anchor has a negative.
+
+
+def _semihard_pairs(tagged: np.ndarray, num_columns: int) -> _SemiHardPairs:
+  """Semi-hard negatives from the flat sorted positions of the same-class entries.
+
+  Args:
+    tagged: ascending flat positions of the tagged (same-class) entries of the sorted rows; each
+      row's last one is its anchor, at the last column.
+    num_columns: row length.
+  """
+  following = tagged + 1
+  is_anchor = following % num_columns == 0
+  # The next tagged entry is the adjacent one, in the same row.
+  continues = (tagged[1:] == following[:-1]) & ~is_anchor[:-1]
+  # The first untagged entry right of each tagged one ends its run of adjacent tagged entries.
+  run_end = following.copy()
+  run_end[:-1][continues] = np.iinfo(np.int64).max
+  first_untagged = np.minimum.accumulate(run_end[::-1])[::-1]
+  run_start = tagged.copy()
+  run_start[1:][continues] = -1
+  run_start = np.maximum.accumulate(run_start)
+  # A run that reaches the anchor at the row's end points to the next row's start: no farther
+  # negative; the fallback is the entry before the run, unless the run fills the whole row.
+  fallback = first_untagged % num_columns == 0
+  negative = np.where(fallback, run_start - 1, first_untagged)
+  has_negative = ~fallback | (run_start % num_columns != 0)
+  is_positive = ~is_anchor
+  negative = np.where(has_negative, negative, 0)[is_positive]
+  return _SemiHardPairs(tagged[is_positive], negative, has_negative[is_positive])
+
+
+def _semihard_hinge(positive_distance, negative_distance, has_negative, margin):
+  negative_distance = np.where(has_negative, negative_distance, np.float32(0.0))
+  return np.maximum(margin + positive_distance - negative_distance, np.float32(0.0))
+
+
+def triplet_semihard_loss(labels, embeddings, margin: float = 1.0) -> float:
+  """Semi-hard triplet loss (TensorFlow Addons' semantics, 0 without positive pairs), l2."""
+  labels, embeddings, margin = _check_inputs(labels, embeddings, margin)
+  distances = pairwise_l2_distances(embeddings)
+  keys = _sorted_keys32(distances, _same_class(labels), anchor_tag=True)
+  pairs = _semihard_pairs(np.flatnonzero((keys & 1).astype(bool)), keys.shape[1])
+  if pairs.positive.size == 0:
+    return 0.0
+  hinge = _semihard_hinge(_value32(keys, pairs.positive), _value32(keys, pairs.negative),
+                          pairs.has_negative, margin)
+  return float(hinge.sum(dtype=np.float64) / pairs.positive.size)
+
+
+def triplet_semihard_loss_and_grad(labels, embeddings, margin: float = 1.0):
+  """`triplet_semihard_loss` and its gradient with respect to `embeddings`."""
+  labels, embeddings, margin = _check_inputs(labels, embeddings, margin)
+  distances = pairwise_l2_distances(embeddings)
+  keys = _sorted_keys64(distances, _same_class(labels), anchor_tag=True)
+  num_columns = keys.shape[1]
+  pairs = _semihard_pairs(np.flatnonzero(_low_words(keys) < 0), num_columns)
+  num_pairs = pairs.positive.size
+  if num_pairs == 0:
+    return 0.0, np.zeros_like(embeddings)
+  positive_distance = _value64(keys, pairs.positive)
+  negative_distance = _value64(keys, pairs.negative)
+  hinge = _semihard_hinge(positive_distance, negative_distance, pairs.has_negative, margin)
+  loss = float(hinge.sum(dtype=np.float64) / num_pairs)
+
+  # Each active pair adds +1 / P to D[i, j] and -1 / P to D[i, negative] (if i has one).
+  active = hinge > 0
+  rows = pairs.positive[active] // num_columns
+  positive_column = _column64(keys, pairs.positive[active])
+  negative_column = _column64(keys, pairs.negative[active])
+  scale = np.float32(1.0 / num_pairs)
+  positive_coefficient = scale * _safe_reciprocal(positive_distance[active])
+  negative_coefficient = -scale * _safe_reciprocal(negative_distance[active])
+  negative_coefficient[~pairs.has_negative[active]] = 0.0
+  gradient = _gradient_from_entries(
+      embeddings, np.concatenate([rows, rows]),
+      np.concatenate([positive_column, negative_column]),
+      np.concatenate([positive_coefficient, negative_coefficient]))
+  return loss, gradient
+
+
+# ----------------------------------------------------------------------------------------------
+# Batch-hard triplet loss.
+
+
+class _HardestPairs(NamedTuple):
+  positive_column: np.ndarray    # [B] column of the farthest positive.
+  negative_column: np.ndarray    # [B] column of the nearest negative (of the row max if none).
+  has_positive: np.ndarray       # [B] bool
+  gap: np.ndarray                # [B] float32 hp - hn.
+
+
+def _hardest_pairs(distances: np.ndarray, labels: np.ndarray) -> _HardestPairs:
+  same = _same_class(labels)
+  rows = np.arange(labels.shape[0])
+  positive_distances = np.where(same, distances, np.float32(-1.0))
+  positive_distances[rows, rows] = -1.0
+  positive_column = np.argmax(positive_distances, axis=1)
+  has_positive = positive_distances[rows, positive_column] >= 0
+  hardest_positive = np.where(has_positive, distances[rows, positive_column], np.float32(0.0))
+  # Without negatives TFA takes the row maximum (a same-class entry or the diagonal).
+  negative_distances = np.where(same, np.float32(np.inf), distances)
+  negative_column = np.argmin(negative_distances, axis=1)
+  no_negative = np.isinf(negative_distances[rows, negative_column])
+  negative_column[no_negative] = np.argmax(distances[no_negative], axis=1)
+  hardest_negative = distances[rows, negative_column]
+  return _HardestPairs(positive_column, negative_column, has_positive,
+                       hardest_positive - hardest_negative)
+
+
+def _hard_per_anchor(gap: np.ndarray, margin, soft: bool):
+  """Per-anchor losses and their derivatives with respect to the gap hp - hn."""
+  if soft:
+    return np.logaddexp(np.float32(0.0), gap), 0.5 * (1.0 + np.tanh(0.5 * gap))  # sigmoid
+  hinge = np.maximum(gap + margin, np.float32(0.0))
+  return hinge, (hinge > 0).astype(np.float32)
+
+
+def triplet_hard_loss(labels, embeddings, margin: float = 1.0, soft: bool = False) -> float:
+  """Batch-hard triplet loss (TensorFlow Addons' semantics), l2."""
+  labels, embeddings, margin = _check_inputs(labels, embeddings, margin)
+  hardest = _hardest_pairs(pairwise_l2_distances(embeddings), labels)
+  per_anchor, _ = _hard_per_anchor(hardest.gap, margin, soft)
+  return float(per_anchor.mean(dtype=np.float64))
+
+
+def triplet_hard_loss_and_grad(labels, embeddings, margin: float = 1.0, soft: bool = False):
+  """`triplet_hard_loss` and its gradient with respect to `embeddings`."""
+  labels, embeddings, margin = _check_inputs(labels, embeddings, margin)
+  distances = pairwise_l2_distances(embeddings)
+  hardest = _hardest_pairs(distances, labels)
+  per_anchor, slope = _hard_per_anchor(hardest.gap, margin, soft)
+  batch = labels.shape[0]
+  rows = np.arange(batch)
+  slope = slope / np.float32(batch)
+  positive_coefficient = np.where(hardest.has_positive, slope, np.float32(0.0)) * \
+      _safe_reciprocal(distances[rows, hardest.positive_column])
+  negative_coefficient = -slope * _safe_reciprocal(distances[rows, hardest.negative_column])
+  gradient = _gradient_from_entries(
+      embeddings, np.concatenate([rows, rows]),
+      np.concatenate([hardest.positive_column, hardest.negative_column]),
+      np.concatenate([positive_coefficient, negative_coefficient]))
+  return float(per_anchor.mean(dtype=np.float64)), gradient
+
+
+# ----------------------------------------------------------------------------------------------
+# Batch-all triplet loss.
+
+
+class _BatchAllPositives(NamedTuple):
+  """The ordered positive pairs in the sorted rows of shifted distances."""
+  position: np.ndarray        # [P] int64 flat sorted position.
+  negatives_left: np.ndarray  # [P] int64 number of active triplets (negatives to the left).
+  hinge_sum: np.ndarray       # [P] float64 sum of their hinges.
+  row_count: np.ndarray       # [B] number of positives of each anchor.
+
+
+def _batch_all_values(distances: np.ndarray, same: np.ndarray, margin) -> np.ndarray:
+  """D + margin for same-class entries (the anchor's own is replaced when sorting), else D."""
+  return distances + margin * same
+
+
+def _batch_all_positives(values: np.ndarray, positions: np.ndarray) -> _BatchAllPositives:
+  """Batch-all sums from the sorted rows `values` and the flat sorted `positions` of positives.
+
+  Args:
+    values: [B, C] float32 sorted rows (positives first on ties, anchor last).
+    positions: [P] ascending flat positions of the positives in `values`.
+  """
+  batch, num_columns = values.shape
+  rows, columns = np.divmod(positions, num_columns)
+  row_count = np.bincount(rows, minlength=batch)
+  row_first = np.cumsum(row_count) - row_count  # Index in `positions` of each row's first.
+  rank = np.arange(positions.size) - row_first[rows]
+  negatives_left = columns - rank
+  # Sum of the negatives left of each positive: sums of the segments between consecutive
+  # positives of a row (one `reduceat` over the flat rows, interleaving segment starts and ends;
+  # segments are short, so float32 is exact enough), accumulated along the row in float64.
+  segment_start = np.empty_like(positions)
+  segment_start[0:1] = 0
+  segment_start[1:] = positions[:-1] + 1
+  segment_start[rank == 0] = rows[rank == 0] * num_columns
+  bounds = np.empty(2 * positions.size, np.int64)
+  bounds[0::2], bounds[1::2] = segment_start, positions
+  with np.errstate(over="ignore"):  # Unused end-of-row segments may add up several anchors.
+    segment_sum = np.add.reduceat(values.reshape(-1), bounds)[0::2].astype(np.float64)
+  segment_sum[segment_start == positions] = 0.0  # reduceat gives one element for an empty one.
+  running = np.cumsum(segment_sum)
+  first = row_first[rows]
+  negative_sum = running - (running[first] - segment_sum[first])
+  positive_value = values.reshape(-1)[positions].astype(np.float64)
+  hinge_sum = negatives_left * positive_value - negative_sum
+  return _BatchAllPositives(positions, negatives_left, hinge_sum, row_count)
+
+
+def batch_all_triplet_loss(labels, embeddings, margin: float = 1.0) -> float:
+  """Batch-all triplet loss: mean hinge over the valid triplets with a positive loss, l2."""
+  labels, embeddings, margin = _check_inputs(labels, embeddings, margin)
+  distances = pairwise_l2_distances(embeddings)
+  same = _same_class(labels)
+  keys = _sorted_keys32(_batch_all_values(distances, same, margin), ~same, anchor_tag=True)
+  positions = np.flatnonzero((keys & 1) == 0)
+  if positions.size == 0:
+    return 0.0
+  values = (keys >> 1).view(np.float32)
+  positives = _batch_all_positives(values, positions)
+  num_active = positives.negatives_left.sum()
+  return float(positives.hinge_sum.sum() / num_active) if num_active else 0.0
+
+
+def batch_all_triplet_loss_and_grad(labels, embeddings, margin: float = 1.0):
+  """`batch_all_triplet_loss` and its gradient with respect to `embeddings`."""
+  labels, embeddings, margin = _check_inputs(labels, embeddings, margin)
+  distances = pairwise_l2_distances(embeddings)
+  same = _same_class(labels)
+  keys = _sorted_keys64(_batch_all_values(distances, same, margin), ~same, anchor_tag=True)
+  batch, num_columns = keys.shape
+  low = _low_words(keys)
+  positions = np.flatnonzero(low >= 0)
+  if positions.size == 0:
+    return 0.0, np.zeros_like(embeddings)
+  values = np.ascontiguousarray(keys.view(np.float32).reshape(batch, num_columns, 2)[..., _HIGH])
+  positives = _batch_all_positives(values, positions)
+  num_active = positives.negatives_left.sum()
+  if num_active == 0:
+    return 0.0, np.zeros_like(embeddings)
+  loss = float(positives.hinge_sum.sum() / num_active)
+
+  # d hinge_sum / d value, in sorted order: +(negatives to the left) for a positive,
+  # -(positives to the right) for a negative; the anchor (last) gets 0.
+  sorted_gradient = np.zeros((batch, num_columns), np.float32)
+  flat_gradient = sorted_gradient.reshape(-1)
+  flat_gradient[positions] = 1.0
+  np.cumsum(sorted_gradient, axis=1, out=sorted_gradient)  # Positives so far (exact integers).
+  sorted_gradient -= positives.row_count[:, None].astype(np.float32)
+  flat_gradient[positions] = positives.negatives_left
+  # Back to the original columns, then divided by the distances.
+  columns = (low & _NOT_SIGN).astype(np.intp)
+  columns += (np.arange(batch) * num_columns)[:, None]
+  coefficients = np.empty(batch * num_columns, np.float32)
+  coefficients[columns.reshape(-1)] = flat_gradient
+  coefficients = coefficients.reshape(batch, num_columns)
+  coefficients *= _safe_reciprocal(distances)
+  gradient = _gradient_from_dense(embeddings, coefficients)
+  gradient *= np.float32(1.0 / num_active)
+  return loss, gradient
+
+
+# ----------------------------------------------------------------------------------------------
+# Contrastive loss over all pairs.
+
+
+def _contrastive_parts(labels, embeddings, margin):
+  distances, squared = pairwise_l2_distances(embeddings, return_squared=True)
+  same = _same_class(labels)
+  shortfall = np.maximum(margin - distances, np.float32(0.0))  # max(m - d, 0)
+  shortfall[same] = 0.0
+  batch = labels.shape[0]
+  num_pairs = batch * (batch - 1) // 2
+  # Every unordered pair appears twice in the full matrix; the diagonal terms are 0.
+  total = (np.sum(np.where(same, squared, np.float32(0.0)), dtype=np.float64)
+           + np.sum(shortfall * shortfall, dtype=np.float64))
+  loss = 0.25 * total / num_pairs if num_pairs else 0.0
+  return loss, distances, same, shortfall, num_pairs
+
+
+def contrastive_loss(labels, embeddings, margin: float = 1.0) -> float:
+  """Contrastive loss over all unordered pairs, y = 1 for the same class, l2.
+
+  0.5 * mean over i < j of (y d^2 + (1 - y) max(margin - d, 0)^2); 0 when B < 2.
+  """
+  labels, embeddings, margin = _check_inputs(labels, embeddings, margin)
+  return float(_contrastive_parts(labels, embeddings, margin)[0])
+
+
+def contrastive_loss_and_grad(labels, embeddings, margin: float = 1.0):
+  """`contrastive_loss` and its gradient with respect to `embeddings`."""
+  labels, embeddings, margin = _check_inputs(labels, embeddings, margin)
+  loss, distances, same, shortfall, num_pairs = _contrastive_parts(labels, embeddings, margin)
+  if num_pairs == 0:
+    return 0.0, np.zeros_like(embeddings)
+  # Over the full symmetric matrix, dL/dD_ij = (d or -max(m - d, 0)) / (2 N); A = that / d.
+  coefficients = shortfall
+  coefficients *= _safe_reciprocal(distances)
+  np.negative(coefficients, out=coefficients)
+  coefficients[same & (distances > 0)] = 1.0
+  coefficients *= np.float32(0.5 / num_pairs)
+  # A is symmetric: rowsum + colsum = 2 rowsum and A X + A^T X = 2 A X.
+  gradient = embeddings * (2.0 * coefficients.sum(axis=1))[:, None]
+  gradient -= 2.0 * (coefficients @ embeddings)
+  return float(loss), gradient
+
+
+FORWARD = {
+    "semihard": triplet_semihard_loss,
+    "hard": triplet_hard_loss,
+    "batch_all": batch_all_triplet_loss,
+    "contrastive": contrastive_loss,
+}
+"""Forward functions by the benchmark's loss name: f(labels, embeddings, margin) -> float."""
+
+FORWARD_AND_BACKWARD = {
+    "semihard": triplet_semihard_loss_and_grad,
+    "hard": triplet_hard_loss_and_grad,
+    "batch_all": batch_all_triplet_loss_and_grad,
+    "contrastive": contrastive_loss_and_grad,
+}
+"""Forward+backward functions: f(labels, embeddings, margin) -> (loss, d loss / d embeddings)."""
