@@ -39,6 +39,7 @@ from tripletjax import metric_logging
 from tripletjax import models
 from tripletjax import retrieval
 from tripletjax import samplers
+from tripletjax import validation
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
@@ -54,19 +55,18 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if value not in valid:
       raise ValueError(f"config.{key}={value!r} is not one of {sorted(valid)}.")
   check(config.loss.name, losses.MINED_LOSSES, "loss.name")
-  check(config.loss.metric, ("l2", "squared_l2", "angular"), "loss.metric")
+  check(config.loss.metric, validation.METRICS, "loss.metric")
   check(config.model.name, models.MODELS, "model.name")
   check(config.optimizer.name, OPTIMIZERS, "optimizer.name")
   check(config.optimizer.schedule, SCHEDULES, "optimizer.schedule")
-  check(config.batch.sampler, ("shuffled", "balanced"), "batch.sampler")
+  check(config.batch.sampler, samplers.SAMPLER_KINDS, "batch.sampler")
   batch = config.batch
   if batch.sampler == "balanced" and batch.batch_size != batch.classes_per_batch * batch.samples_per_class:
     raise ValueError(
         f"config.batch.batch_size={batch.batch_size} must equal classes_per_batch x "
         f"samples_per_class = {batch.classes_per_batch} x {batch.samples_per_class} for the "
         "balanced sampler.")
-  if config.loss.margin < 0:
-    raise ValueError(f"config.loss.margin must be >= 0, got {config.loss.margin}.")
+  validation.check_margin(config.loss.margin, "config.loss.margin")
   if config.num_epochs < 1:
     raise ValueError(f"config.num_epochs must be >= 1, got {config.num_epochs}.")
 
@@ -199,8 +199,12 @@ def _mean_records(records: list[dict]) -> dict:
 # The training loop.
 
 
-def evaluate(trainer, dataset, config, *, with_train: bool) -> dict:
-  """Retrieval metrics of the test split (leave-one-out), plus test-vs-train k-NN accuracy."""
+def evaluate(trainer, dataset, config, *, with_train: bool) -> tuple[dict, np.ndarray]:
+  """Retrieval metrics of the test split (leave-one-out), plus test-vs-train k-NN accuracy.
+
+  Returns:
+    `(metrics, test_embeddings)`.
+  """
   test_embeddings = embed(trainer, dataset.test.images)
   train_embeddings = train_labels = None
   if with_train:
@@ -242,14 +246,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start_epoch, step = meta["epoch"], meta["step"]
     if is_main:
       print(f"Resuming from the checkpoint after epoch {start_epoch} (step {step}).")
-  resumed = latest is not None
+  # On resume, log lines written after the checkpoint by the interrupted run are dropped.
+  keep_until_step = step if latest is not None else None
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-  train_log = metric_logging.MetricLog(workdir, "metrics", step if resumed else None,
-                                       enabled=is_main)
-  eval_log = metric_logging.MetricLog(workdir, "eval", step if resumed else None,
-                                      tensorboard=True, enabled=is_main)
+  train_log = metric_logging.MetricLog(workdir, "metrics", keep_until_step, enabled=is_main)
+  eval_log = metric_logging.MetricLog(workdir, "eval", keep_until_step, enabled=is_main)
 
   progress = tqdm(total=total_steps, initial=step, desc=f"{config.loss.name} on "
                   f"{config.data.name}", unit="step", disable=not is_main or config.quiet,
@@ -295,7 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   if test_embeddings is None:  # Resumed after the last epoch: evaluate the restored model.
     metrics, test_embeddings = evaluate(trainer, dataset, config, with_train=True)
-  final = {k: v for k, v in metrics.items()}
+  final = dict(metrics)
   final.update(loss=config.loss.name, dataset=config.data.name, epochs=config.num_epochs,
                steps=step)
   if is_main:
