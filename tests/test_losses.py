@@ -247,6 +247,45 @@ def test_anchor_blocks_match_reference(monkeypatch):
                                rtol=1e-4, atol=1e-6, err_msg=variant)
 
 
+def _backend_cases():
+  """(name, labels, embeddings): random batches and every degenerate one, for the backends."""
+  rng = np.random.default_rng(11)
+  cases = [(f"random_B{b}_C{c}", _random_labels(rng, b, c),
+            rng.normal(size=(b, FEATURES)).astype(np.float32))
+           for b, c in [(64, 5), (130, 2), (130, "all_distinct"), (37, 1)]]
+  return cases + [(name, labels, embeddings) for name, labels, embeddings, _ in _DEGENERATE]
+
+
+@pytest.mark.parametrize("variant", ["semihard", "batch_all"])
+def test_numpy_and_xla_backends_agree(variant):
+  # The sorting miners run in NumPy on the host on CPU ("auto") and with lax.sort on GPU/TPU.
+  # Both must give the same values, stats and gradients; the XLA one is otherwise only run on
+  # accelerators. Counts and ties must agree exactly: both use the same sort order.
+  def value_and_grad(backend):
+    loss_fn = lambda e, y: _jax_fn(variant)(y, e, margin=0.2, return_stats=True,
+                                            mining_backend=backend)
+    return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+
+  by_backend = {backend: value_and_grad(backend) for backend in ("numpy", "xla")}
+  for name, labels, embeddings in _backend_cases():
+    (loss, stats), gradient = by_backend["numpy"](embeddings, labels)
+    (xla_loss, xla_stats), xla_gradient = by_backend["xla"](embeddings, labels)
+    np.testing.assert_allclose(float(loss), float(xla_loss), rtol=1e-5, atol=1e-6, err_msg=name)
+    for key in stats:
+      np.testing.assert_allclose(float(stats[key]), float(xla_stats[key]), rtol=1e-5, atol=1e-6,
+                                 err_msg=f"{name} stats[{key!r}]")
+    np.testing.assert_allclose(np.asarray(gradient), np.asarray(xla_gradient), rtol=1e-5,
+                               atol=1e-6, err_msg=name)
+    assert np.all(np.isfinite(np.asarray(gradient))), name
+
+
+def test_unknown_mining_backend_is_an_error():
+  labels, embeddings = np.zeros(4, np.int32), np.ones((4, FEATURES), np.float32)
+  for variant in ("semihard", "batch_all"):
+    with pytest.raises(ValueError, match="mining_backend"):
+      _jax_fn(variant)(labels, embeddings, mining_backend="gpu")
+
+
 class ReturnStatsAndJitTest(chex.TestCase):
   """Same values with and without jit, and with and without `return_stats`."""
 

@@ -20,6 +20,8 @@ References:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -88,8 +90,13 @@ def _finish(loss, dtype, stats, return_stats):
   return (loss, stats) if return_stats else loss
 
 
+def _check_backend(backend: str) -> None:
+  if backend not in mining.BACKENDS:
+    raise ValueError(f"Unknown mining_backend {backend!r}; expected one of {mining.BACKENDS}.")
+
+
 def triplet_semihard_loss(labels, embeddings, margin=1.0, metric: str = "l2",
-                          return_stats: bool = False):
+                          return_stats: bool = False, mining_backend: str = "auto"):
   """Semi-hard triplet loss, exactly as TensorFlow Addons' `triplet_semihard_loss`.
 
   For every ordered positive pair (i, j), i != j, the negative is the nearest one strictly
@@ -102,6 +109,9 @@ def triplet_semihard_loss(labels, embeddings, margin=1.0, metric: str = "l2",
     margin: margin >= 0 (TFA's default 1.0).
     metric: "l2" (default, TFA's), "squared_l2" or "angular".
     return_stats: also return the mining statistics.
+    mining_backend: "auto" (default): NumPy on the host on CPU, XLA elsewhere; "numpy" or
+      "xla" to choose. Both give the same results; inside a program sharded over several CPU
+      devices use "xla" (see `mining.semihard_sums`).
 
   Returns:
     Scalar loss in the dtype of `embeddings`, or `(loss, stats)` with stats keys
@@ -109,7 +119,9 @@ def triplet_semihard_loss(labels, embeddings, margin=1.0, metric: str = "l2",
     negative), `mean_positive_distance`, `mean_negative_distance`.
   """
   labels, dtype, embeddings, margin = _prepare(labels, embeddings, margin, metric)
-  sums = _sum_over_anchor_blocks(mining.semihard_sums, labels, embeddings, margin, metric)
+  _check_backend(mining_backend)
+  sums_fn = functools.partial(mining.semihard_sums, backend=mining_backend)
+  sums = _sum_over_anchor_blocks(sums_fn, labels, embeddings, margin, metric)
   num_pairs = sums.num_positive_pairs
   loss = _safe_mean(sums.hinge_sum, num_pairs)
   stats = None
@@ -155,18 +167,21 @@ def triplet_hard_loss(labels, embeddings, margin=1.0, soft: bool = False, metric
 
 
 def batch_all_triplet_loss(labels, embeddings, margin=1.0, metric: str = "l2",
-                           return_stats: bool = False):
+                           return_stats: bool = False, mining_backend: str = "auto"):
   """Batch-all triplet loss (Hermans et al.; Moindrot's formulation).
 
   Mean of max(D_ap - D_an + margin, 0) over the valid triplets (a != p same class, n another
   class) whose loss is positive; 0 if there is none. O(B^2 log B) time, O(B^2) memory.
+  `mining_backend` says where the rows are sorted, as for `triplet_semihard_loss`.
 
   Returns:
     Scalar loss, or `(loss, stats)` with stats keys `num_valid_triplets`,
     `num_active_triplets`, `fraction_active` (active / valid).
   """
   labels, dtype, embeddings, margin = _prepare(labels, embeddings, margin, metric)
-  sums = _sum_over_anchor_blocks(mining.batch_all_sums, labels, embeddings, margin, metric)
+  _check_backend(mining_backend)
+  sums_fn = functools.partial(mining.batch_all_sums, backend=mining_backend)
+  sums = _sum_over_anchor_blocks(sums_fn, labels, embeddings, margin, metric)
   num_active, num_valid = sums.num_active, sums.num_valid
   loss = _safe_mean(sums.hinge_sum, num_active)
   stats = None
