@@ -34,11 +34,10 @@ with a known entry and the anchor never needs masking. All mining then happens o
 list of sorted positions of the O(B^2 / classes) positive pairs, found with one `flatnonzero`:
 
   * semi-hard: positives are placed after negatives on equal distances, so the negative of a
-    positive is the first untagged entry to its right: the end of the positive's run of
-    consecutive tagged entries, found for all positives with a reverse running minimum
-    (`np.minimum.accumulate` on the reversed list). A run that reaches the anchor at the end of
-    the row has no farther negative: its pairs fall back to the entry just before the run (the
-    farthest negative), or to 0 if the run fills the row (no negative at all);
+    positive is the first untagged entry to its right, found for all positives with a reverse
+    running minimum; this part, and the 64-bit keys, are the package's own CPU miner
+    (`tripletjax.host_mining`, which also runs slices of rows on several threads; here
+    everything stays on one thread);
   * batch-all: the row holds D_ap + margin for positives and D_an for negatives, positives first
     on ties, so the active triplets of a positive are the negatives to its left: their number
     is (sorted column - rank among the row's positives) and their sum a running sum of the
@@ -51,11 +50,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-# Word order of a uint64 viewed as two uint32.
-_HIGH, _LOW = (1, 0) if np.little_endian else (0, 1)
-_FLOAT32_MAX_BITS = 0x7F7FFFFF   # Bits of the largest finite float32: sorts after any distance.
-_NOT_SIGN = 0x7FFFFFFF           # Clears the sign bit: -0.0 would sort after every distance.
-_TAG_BIT = 0x80000000            # The tag in the low word of a 64-bit key.
+from tripletjax import host_mining
+
+# Word order of a uint64 viewed as two uint32, and the key constants shared with the package.
+_HIGH = 1 if np.little_endian else 0
+_FLOAT32_MAX_BITS = host_mining.FLOAT32_MAX_BITS
+_NOT_SIGN = host_mining.NOT_SIGN
 
 
 def _check_inputs(labels, embeddings, margin):
@@ -167,70 +167,19 @@ def _value32(keys: np.ndarray, flat_positions: np.ndarray) -> np.ndarray:
 
 def _sorted_keys64(values: np.ndarray, tags: np.ndarray, anchor_tag: bool) -> np.ndarray:
   """Rows of uint64 keys (value bits << 32 | tag << 31 | column), sorted; the anchor goes last."""
-  batch, num_columns = values.shape
-  keys = np.empty((batch, num_columns), np.uint64)
-  words = keys.view(np.uint32).reshape(batch, num_columns, 2)
-  np.bitwise_and(values.view(np.uint32), _NOT_SIGN, out=words[..., _HIGH])
-  np.left_shift(tags, 31, out=words[..., _LOW], dtype=np.uint32, casting="unsafe")
-  words[..., _LOW] |= np.arange(num_columns, dtype=np.uint32)
-  diagonal = _diagonal(batch)
-  words[diagonal + (_HIGH,)] = _FLOAT32_MAX_BITS
-  words[diagonal + (_LOW,)] = np.arange(batch, dtype=np.uint32) | (_TAG_BIT if anchor_tag else 0)
-  keys.sort(axis=1)
-  return keys
+  return host_mining.sorted_keys64(values, tags, np.arange(values.shape[0]), anchor_tag)
 
 
-def _low_words(keys: np.ndarray) -> np.ndarray:
-  """[B, C] int32 view of the low words: negative where tagged."""
-  return keys.view(np.int32).reshape(*keys.shape, 2)[..., _LOW]
-
-
-def _value64(keys: np.ndarray, flat_positions: np.ndarray) -> np.ndarray:
-  return (keys.reshape(-1)[flat_positions] >> np.uint64(32)).astype(np.uint32).view(np.float32)
-
-
-def _column64(keys: np.ndarray, flat_positions: np.ndarray) -> np.ndarray:
-  return (keys.reshape(-1)[flat_positions] & np.uint64(_NOT_SIGN)).astype(np.int64)
+_low_words = host_mining.low_words
+_value64 = host_mining.key_values
+_column64 = host_mining.key_columns
 
 
 # ----------------------------------------------------------------------------------------------
 # Semi-hard triplet loss.
 
 
-class _SemiHardPairs(NamedTuple):
-  """The ordered positive pairs, as flat positions in the sorted [B, B] key array."""
-  positive: np.ndarray      # [P] int64 sorted position of the positive.
-  negative: np.ndarray      # [P] int64 sorted position of its negative (valid if has_negative).
-  has_negative: np.ndarray  # [P] bool: the anchor has a negative.
-
-
-def _semihard_pairs(tagged: np.ndarray, num_columns: int) -> _SemiHardPairs:
-  """Semi-hard negatives from the flat sorted positions of the same-class entries.
-
-  Args:
-    tagged: ascending flat positions of the tagged (same-class) entries of the sorted rows; each
-      row's last one is its anchor, at the last column.
-    num_columns: row length.
-  """
-  following = tagged + 1
-  is_anchor = following % num_columns == 0
-  # The next tagged entry is the adjacent one, in the same row.
-  continues = (tagged[1:] == following[:-1]) & ~is_anchor[:-1]
-  # The first untagged entry right of each tagged one ends its run of adjacent tagged entries.
-  run_end = following.copy()
-  run_end[:-1][continues] = np.iinfo(np.int64).max
-  first_untagged = np.minimum.accumulate(run_end[::-1])[::-1]
-  run_start = tagged.copy()
-  run_start[1:][continues] = -1
-  run_start = np.maximum.accumulate(run_start)
-  # A run that reaches the anchor at the row's end points to the next row's start: no farther
-  # negative; the fallback is the entry before the run, unless the run fills the whole row.
-  fallback = first_untagged % num_columns == 0
-  negative = np.where(fallback, run_start - 1, first_untagged)
-  has_negative = ~fallback | (run_start % num_columns != 0)
-  is_positive = ~is_anchor
-  negative = np.where(has_negative, negative, 0)[is_positive]
-  return _SemiHardPairs(tagged[is_positive], negative, has_negative[is_positive])
+_semihard_pairs = host_mining.semihard_pairs
 
 
 def _semihard_hinge(positive_distance, negative_distance, has_negative, margin):
