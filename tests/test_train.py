@@ -108,6 +108,7 @@ def test_resume_continues_the_same_curve(tmp_path, monkeypatch):
     ("optimizer.name", "lamb", "optimizer.name"),
     ("batch.sampler", "random", "batch.sampler"),
     ("loss.margin", -0.1, "margin"),
+    ("data.augment", "rotate", "data.augment"),
 ])
 def test_bad_config_values_are_named(key, value, message):
   with pytest.raises(ValueError, match=message):
@@ -158,6 +159,22 @@ def test_fashion_mnist_smoke(tmp_path):
   assert final["dataset"] == "fashion_mnist"
   assert 0.3 < final["precision_at_1"] <= 1.0  # One short epoch: well above chance (0.1).
   assert (tmp_path / "fashion" / "projector" / "sprite.png").exists()
+
+
+@pytest.mark.slow
+def test_main_trains_on_several_cpu_devices(tmp_path):
+  # The default on a CPU machine: one JAX device per core, the batch split between them and
+  # the loss mined over the whole batch. (Host callbacks deadlock XLA:CPU collectives, so this
+  # also checks that the trainer mines with lax.sort here.)
+  result = subprocess.run(
+      [sys.executable, "-m", "tripletjax.main", "--config=configs/digits.py", "--cpu_devices=2",
+       "--config.num_epochs=2", "--config.eval_every_epochs=1", "--config.quiet=True",
+       "--config.data.augment=flip_shift", f"--workdir={tmp_path / 'run'}"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "on 2 cpu device(s)" in result.stdout
+  final = json.loads((tmp_path / "run" / "eval.json").read_text())
+  assert 0.5 < final["precision_at_1"] <= 1.0  # Two epochs: far above chance (0.1).
 
 
 def test_model_options_pass_only_what_is_set():

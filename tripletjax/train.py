@@ -1,7 +1,8 @@
 """Training and evaluation of an embedding model with a mined triplet (or contrastive) loss.
 
 The path of a batch: `datasets.load_dataset` (images on the host) -> `samplers` (indices of a
-global batch, deterministic given seed and epoch) -> `shard_batch` (each process puts its slice
+global batch, deterministic given seed and epoch) -> `augmentations` (optional flips and
+shifts, deterministic too) -> `shard_batch` (each process puts its slice
 on its devices; the global batch is one array sharded over the mesh's "data" axis) ->
 `train_step` (model forward, loss mined over the *global* batch, Optax update) -> metrics,
 evaluation, checkpoints and exports.
@@ -31,6 +32,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
+from tripletjax import augmentations
 from tripletjax import checkpointing
 from tripletjax import datasets
 from tripletjax import exports
@@ -60,6 +62,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   check(config.optimizer.name, OPTIMIZERS, "optimizer.name")
   check(config.optimizer.schedule, SCHEDULES, "optimizer.schedule")
   check(config.batch.sampler, samplers.SAMPLER_KINDS, "batch.sampler")
+  check(config.data.augment, augmentations.AUGMENTATIONS, "data.augment")
   batch = config.batch
   if batch.sampler == "balanced" and batch.batch_size != batch.classes_per_batch * batch.samples_per_class:
     raise ValueError(
@@ -76,6 +79,10 @@ def make_loss_fn(loss_config: ml_collections.ConfigDict) -> Callable:
   options = {"margin": loss_config.margin, "metric": loss_config.metric}
   if loss_config.name == "hard":
     options["soft"] = loss_config.soft
+  if loss_config.name in ("semihard", "batch_all") and jax.device_count() > 1:
+    # The host (NumPy) miners run through a callback, which deadlocks XLA:CPU's collectives in a
+    # program sharded over several CPU devices; mine with lax.sort there (and on accelerators).
+    options["mining_backend"] = "xla"
   return functools.partial(losses.MINED_LOSSES[loss_config.name], return_stats=True, **options)
 
 
@@ -153,7 +160,11 @@ def build_trainer(config, input_shape, total_steps, mesh) -> Trainer:
   def train_step(model, optimizer, images, labels):
     def objective(model):
       output = model(images)
-      loss, stats = loss_fn(labels, output.embeddings)
+      # Mining needs every embedding of the global batch: gather them (B x E, cheap) and mine
+      # on every device, rather than leaving XLA to move [B, B] intermediates around.
+      embeddings, all_labels = jax.lax.with_sharding_constraint(
+          (output.embeddings, labels), replicated)
+      loss, stats = loss_fn(all_labels, embeddings)
       return loss, (stats, output.norms)
     (loss, (stats, norms)), grads = nnx.value_and_grad(objective, has_aux=True)(model)
     optimizer.update(model, grads)
@@ -163,19 +174,25 @@ def build_trainer(config, input_shape, total_steps, mesh) -> Trainer:
 
   @nnx.jit
   def embed_fn(model, images):
-    return model(images).embeddings
+    return jax.lax.with_sharding_constraint(model(images).embeddings, replicated)
 
   return Trainer(model, optimizer, train_step, embed_fn)
 
 
-def embed(trainer: Trainer, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-  """[N, E] embeddings of `images` in evaluation mode (dropout off, BatchNorm statistics)."""
+def embed(trainer: Trainer, mesh, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+  """[N, E] embeddings of `images` in evaluation mode (dropout off, BatchNorm statistics).
+
+  Every chunk is padded to `batch_size` (rounded up to a multiple of the device count, so one
+  compilation serves every chunk) and sharded over the mesh like a training batch.
+  """
+  batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
   trainer.model.eval()
   outputs = []
   for start in range(0, images.shape[0], batch_size):
     chunk = images[start:start + batch_size]
     padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), 0)])
-    outputs.append(np.asarray(trainer.embed_fn(trainer.model, padded))[:len(chunk)])
+    sharded, _ = shard_batch(mesh, padded, np.zeros(batch_size, np.int32))
+    outputs.append(np.asarray(trainer.embed_fn(trainer.model, sharded))[:len(chunk)])
   trainer.model.train()
   return np.concatenate(outputs)
 
@@ -199,16 +216,16 @@ def _mean_records(records: list[dict]) -> dict:
 # The training loop.
 
 
-def evaluate(trainer, dataset, config, *, with_train: bool) -> tuple[dict, np.ndarray]:
+def evaluate(trainer, mesh, dataset, config, *, with_train: bool) -> tuple[dict, np.ndarray]:
   """Retrieval metrics of the test split (leave-one-out), plus test-vs-train k-NN accuracy.
 
   Returns:
     `(metrics, test_embeddings)`.
   """
-  test_embeddings = embed(trainer, dataset.test.images)
+  test_embeddings = embed(trainer, mesh, dataset.test.images)
   train_embeddings = train_labels = None
   if with_train:
-    train_embeddings = embed(trainer, dataset.train.images)
+    train_embeddings = embed(trainer, mesh, dataset.train.images)
     train_labels = dataset.train.labels
   metrics = retrieval.evaluate_embeddings(
       test_embeddings, dataset.test.labels, train_embeddings, train_labels, seed=config.seed)
@@ -265,8 +282,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         jax.random.key(config.seed + 1), epoch))
     epoch_start = time.time()
     for indices in sampler.epoch(epoch):
-      images, labels = shard_batch(mesh, dataset.train.images[indices],
-                                   dataset.train.labels[indices].astype(np.int32))
+      images = augmentations.augment(dataset.train.images[indices], config.data.augment,
+                                     seed=config.seed, epoch=epoch, step=step,
+                                     max_shift=config.data.max_shift)
+      images, labels = shard_batch(mesh, images, dataset.train.labels[indices].astype(np.int32))
       metrics = trainer.train_step(trainer.model, trainer.optimizer, images, labels)
       step += 1
       window.append(metrics)
@@ -281,7 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     last_epoch = epoch + 1 == config.num_epochs
     if (epoch + 1) % config.eval_every_epochs == 0 or last_epoch:
-      metrics, test_embeddings = evaluate(trainer, dataset, config, with_train=last_epoch)
+      metrics, test_embeddings = evaluate(trainer, mesh, dataset, config, with_train=last_epoch)
       eval_log.write(step, {"epoch": epoch + 1, "epoch_seconds": epoch_seconds, **metrics})
       progress.write(f"epoch {epoch + 1}: precision@1 {metrics['precision_at_1']:.4f}  "
                      f"MAP@R {metrics['map_at_r']:.4f}  ({epoch_seconds:.0f} s)")
@@ -297,7 +316,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   checkpoints.close()
 
   if test_embeddings is None:  # Resumed after the last epoch: evaluate the restored model.
-    metrics, test_embeddings = evaluate(trainer, dataset, config, with_train=True)
+    metrics, test_embeddings = evaluate(trainer, mesh, dataset, config, with_train=True)
   final = dict(metrics)
   final.update(loss=config.loss.name, dataset=config.data.name, epochs=config.num_epochs,
                steps=step)
