@@ -30,9 +30,10 @@ from tripletjax import mining
 from tripletjax import validation
 
 
-# The sorting miners process at most this many distance-matrix entries at once (about 200 MB of
-# working set); larger batches are processed in blocks of anchor rows, which bounds peak memory
-# by the ~6 bytes per entry kept for the backward pass instead of ~50.
+# The miners process at most this many distance-matrix entries at once (about 200 MB of working
+# set); larger batches are processed in blocks of anchor rows, which bounds peak memory by what
+# the backward pass keeps per entry (4 bytes for semi-hard, nothing for batch-hard) instead of
+# ~50 bytes.
 _BLOCK_ENTRIES = 2048 * 2048
 
 
@@ -77,6 +78,35 @@ def _sum_over_anchor_blocks(sums_fn, labels, embeddings, margin, metric):
                      blocks[0], labels, margin))
   total, _ = jax.lax.scan(add_block, zeros, blocks)
   return total
+
+
+def _map_over_anchor_blocks(block_fn, labels, embeddings, metric):
+  """Per-anchor results of `block_fn(block_distances, labels, anchor_index)` for all anchors.
+
+  One block when the batch is small; otherwise a `lax.scan` over blocks of anchor rows, each
+  block recomputed in the backward pass (`jax.checkpoint`), so that no [B, B] array is alive.
+  Returns the per-anchor results, [B, ...] each.
+  """
+  batch = labels.shape[0]
+  if batch * batch <= _BLOCK_ENTRIES:
+    distances = distances_lib.pairwise_distances(embeddings, metric=metric)
+    return block_fn(distances, labels, jnp.arange(batch, dtype=jnp.int32))
+  rows_per_block = max(1, _BLOCK_ENTRIES // batch)
+  num_blocks = -(-batch // rows_per_block)
+  anchor_index = jnp.minimum(jnp.arange(num_blocks * rows_per_block, dtype=jnp.int32),
+                             batch - 1)  # Padding rows repeat the last anchor; dropped below.
+  squared_norms = jnp.sum(embeddings * embeddings, axis=1)
+
+  @jax.checkpoint
+  def one_block(block_index):
+    block_distances = distances_lib.anchor_distances(embeddings, block_index, metric,
+                                                     squared_norms)
+    return block_fn(block_distances, labels, block_index)
+
+  _, per_block = jax.lax.scan(lambda carry, index: (carry, one_block(index)), None,
+                              anchor_index.reshape(num_blocks, rows_per_block))
+  return jax.tree.map(lambda x: x.reshape(num_blocks * rows_per_block, *x.shape[2:])[:batch],
+                      per_block)
 
 
 def _safe_mean(total, count):
@@ -149,8 +179,7 @@ def triplet_hard_loss(labels, embeddings, margin=1.0, soft: bool = False, metric
     negative), `fraction_active`, `mean_positive_distance`, `mean_negative_distance`.
   """
   labels, dtype, embeddings, margin = _prepare(labels, embeddings, margin, metric)
-  distances = distances_lib.pairwise_distances(embeddings, metric=metric)
-  hardest = mining.hardest_pairs(distances, labels)
+  hardest = _map_over_anchor_blocks(mining.hardest_pairs, labels, embeddings, metric)
   gap = hardest.positive_distance - hardest.negative_distance
   per_anchor = jax.nn.softplus(gap) if soft else jnp.maximum(gap + margin, 0.0)
   loss = jnp.mean(per_anchor)

@@ -270,15 +270,32 @@ class HardestPairs(NamedTuple):
   has_negative: jax.Array       # [B] bool
 
 
-def hardest_pairs(distances: jax.Array, labels: jax.Array) -> HardestPairs:
-  """TFA's `triplet_hard_loss` mining, O(B^2). Differentiable in `distances`."""
-  masks = label_masks(labels)
-  # Distances are >= 0 and the diagonal is 0, so a masked-out 0 is TFA's empty-row result.
-  positive_distance = jnp.max(jnp.where(masks.positive, distances, 0.0), axis=1)
+def hardest_pairs(distances: jax.Array, labels: jax.Array,
+                  anchor_index: jax.Array | None = None) -> HardestPairs:
+  """TFA's `triplet_hard_loss` mining, O(B^2). Differentiable in `distances`.
+
+  Args:
+    distances: [B, B] pairwise distances, or a block [C, B] of their rows.
+    labels: [B] integer labels.
+    anchor_index: for a block, the [C] example index of each row (padding rows: any value,
+      their results are meaningless); default: all rows, `arange(B)`.
+
+  Returns:
+    `HardestPairs` of the C anchors.
+  """
+  if anchor_index is None:
+    anchor_index = jnp.arange(distances.shape[0], dtype=jnp.int32)
+  same = _block_same_class(anchor_index, labels)
+  column = jax.lax.broadcasted_iota(jnp.int32, distances.shape, 1)
+  positive = same & (column != anchor_index[:, None])
+  negative = ~same
+  # Distances are >= 0 and the anchor's own entry is 0, so a masked-out 0 is TFA's empty-row
+  # result.
+  positive_distance = jnp.max(jnp.where(positive, distances, 0.0), axis=1)
   row_max = jnp.max(distances, axis=1, keepdims=True)
-  negative_distance = jnp.min(jnp.where(masks.negative, distances, row_max), axis=1)
+  negative_distance = jnp.min(jnp.where(negative, distances, row_max), axis=1)
   return HardestPairs(positive_distance, negative_distance,
-                      jnp.any(masks.positive, axis=1), jnp.any(masks.negative, axis=1))
+                      jnp.any(positive, axis=1), jnp.any(negative, axis=1))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Row-wise sort of non-negative distances with a tie-breaking tag, fast on every backend.
 
-The semi-hard and batch-all miners sort every row of a [B, B] distance matrix once, ordered by
-(value, tag, column index) so that ties resolve identically everywhere. They need the sorted
-values and tags, and the permutation to send gradients back to the original columns.
+The semi-hard (on accelerators; on CPU see `host_mining`) and batch-all miners sort every row
+of a [B, B] distance matrix once, ordered by (value, tag, column index) so that ties resolve
+identically everywhere. They need the sorted values and tags, and the permutation to send
+gradients back to the original columns.
 
 Why two implementations: XLA:CPU compiles `lax.sort` with a generic comparator; with the three
 keys needed here it sorts a 2048 x 2048 array in about 1.2 s on a 2-core machine. NumPy sorts the
