@@ -67,6 +67,10 @@ def test_end_to_end_writes_every_export_and_compares_sibling_runs(tmp_path):
     assert key in final
   # Two epochs on 400 digits already beat chance (0.1) by far.
   assert saved["precision_at_1"] > 0.5
+  # Time to accuracy: the training time (steps only), also in every evaluation record.
+  evaluations = read_jsonl(workdir / "eval.jsonl")
+  assert 0 < evaluations[0]["train_seconds"] <= evaluations[-1]["train_seconds"]
+  assert saved["train_seconds"] == pytest.approx(evaluations[-1]["train_seconds"])
   records = read_jsonl(workdir / "metrics.jsonl")
   assert [r["step"] for r in records] == list(range(2, 2 * (400 // 64) + 1, 2))
   for record in records:
@@ -169,7 +173,8 @@ def test_main_trains_on_several_cpu_devices(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "tripletjax.main", "--config=configs/digits.py", "--cpu_devices=2",
        "--config.num_epochs=2", "--config.eval_every_epochs=1", "--config.quiet=True",
-       "--config.data.augment=flip_shift", f"--workdir={tmp_path / 'run'}"],
+       "--config.data.augment=flip_shift", "--config.model.forward_chunks=2",
+       f"--workdir={tmp_path / 'run'}"],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "on 2 cpu device(s)" in result.stdout
@@ -183,3 +188,20 @@ def test_model_options_pass_only_what_is_set():
   config.model.width = 8
   config.model.dropout_rate = 0.0
   assert train.model_options(config.model) == {"width": 8, "dropout_rate": 0.0}
+
+
+def test_apply_in_chunks_matches_one_pass():
+  # The model on K chunks of the batch, outputs back in row order: the same as one pass.
+  from flax import nnx
+  from tripletjax import models
+  model = models.create_model("hsu_cnn", input_shape=(8, 8, 1), embedding_dim=8,
+                              rngs=nnx.Rngs(params=0, dropout=1), dropout_rate=0.0)
+  images = np.random.default_rng(0).random((24, 8, 8, 1), dtype=np.float32)
+  whole = model(images)
+  for num_chunks in (2, 3, 4):
+    chunked = train.apply_in_chunks(model, images, num_chunks)
+    np.testing.assert_allclose(np.asarray(chunked.embeddings), np.asarray(whole.embeddings),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(chunked.norms), np.asarray(whole.norms), rtol=1e-5)
+  with pytest.raises(ValueError, match="forward_chunks"):
+    train.check_config(tiny_config(**{"model.forward_chunks": 5}))  # 64 % 5 != 0

@@ -57,7 +57,8 @@ def main(argv):
   final = train.train_and_evaluate(config, workdir)
   if jax.process_index() == 0:
     print(f"precision@1 {final['precision_at_1']:.4f}  MAP@R {final['map_at_r']:.4f}  "
-          f"R-precision {final['r_precision']:.4f}  NMI {final['nmi']:.4f}")
+          f"R-precision {final['r_precision']:.4f}  NMI {final['nmi']:.4f}  "
+          f"({final['train_seconds']:.0f} s of training)")
     print(f"Results in {workdir}: eval.json, report.md, projector/, plots/")
 
 

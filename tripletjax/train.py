@@ -70,6 +70,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         f"samples_per_class = {batch.classes_per_batch} x {batch.samples_per_class} for the "
         "balanced sampler.")
   validation.check_margin(config.loss.margin, "config.loss.margin")
+  chunks = config.model.forward_chunks
+  if chunks < 1 or batch.batch_size % (chunks * jax.device_count()):
+    raise ValueError(f"config.model.forward_chunks={chunks} must be >= 1 and divide the batch "
+                     f"size per device ({batch.batch_size} / {jax.device_count()} devices).")
   if config.num_epochs < 1:
     raise ValueError(f"config.num_epochs must be >= 1, got {config.num_epochs}.")
 
@@ -137,6 +141,34 @@ def model_options(model_config: ml_collections.ConfigDict) -> dict:
   return {name: value for name, value in options.items() if value is not None}
 
 
+def apply_in_chunks(model, images: jax.Array, num_chunks: int):
+  """`model(images)` computed on `num_chunks` chunks of every device's rows, one at a time.
+
+  The batch is sharded over the mesh's devices, rows [d * B/D, (d + 1) * B/D) on device d; chunk
+  c takes the c-th slice of every device's rows, so no row changes device. The outputs are put
+  back in the original row order. Why: XLA:CPU runs a convolution over fewer images faster per
+  image (they fit the caches): 4 chunks make the seed-002 CNN's forward+backward at batch 256
+  1.5x faster on 2 cores (192 -> 130 ms).
+
+  Args:
+    model: called on [N, H, W, C] images, returns a pytree of [N, ...] arrays.
+    images: [B, H, W, C], B divisible by devices x `num_chunks`.
+    num_chunks: K >= 1.
+  """
+  if num_chunks == 1:
+    return model(images)
+  num_devices = jax.device_count()
+  batch = images.shape[0]
+  rows = batch // (num_devices * num_chunks)
+  grouped = images.reshape(num_devices, num_chunks, rows, *images.shape[1:])
+  outputs = [model(grouped[:, chunk].reshape(num_devices * rows, *images.shape[1:]))
+             for chunk in range(num_chunks)]
+  return jax.tree.map(
+      lambda *parts: jnp.stack([p.reshape(num_devices, rows, *p.shape[1:]) for p in parts],
+                               axis=1).reshape(batch, *parts[0].shape[1:]),
+      *outputs)
+
+
 @dataclasses.dataclass
 class Trainer:
   """The model, its optimizer and the compiled functions that use them."""
@@ -144,6 +176,7 @@ class Trainer:
   optimizer: nnx.Optimizer
   train_step: Callable
   embed_fn: Callable
+  forward_chunks: int = 1
 
 
 def build_trainer(config, input_shape, total_steps, mesh) -> Trainer:
@@ -155,11 +188,12 @@ def build_trainer(config, input_shape, total_steps, mesh) -> Trainer:
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   loss_fn = make_loss_fn(config.loss)
   replicated = NamedSharding(mesh, P())
+  num_chunks = config.model.forward_chunks
 
   @nnx.jit
   def train_step(model, optimizer, images, labels):
     def objective(model):
-      output = model(images)
+      output = apply_in_chunks(model, images, num_chunks)
       # Mining needs every embedding of the global batch: gather them (B x E, cheap) and mine
       # on every device, rather than leaving XLA to move [B, B] intermediates around.
       embeddings, all_labels = jax.lax.with_sharding_constraint(
@@ -174,18 +208,20 @@ def build_trainer(config, input_shape, total_steps, mesh) -> Trainer:
 
   @nnx.jit
   def embed_fn(model, images):
-    return jax.lax.with_sharding_constraint(model(images).embeddings, replicated)
+    embeddings = apply_in_chunks(model, images, num_chunks).embeddings
+    return jax.lax.with_sharding_constraint(embeddings, replicated)
 
-  return Trainer(model, optimizer, train_step, embed_fn)
+  return Trainer(model, optimizer, train_step, embed_fn, num_chunks)
 
 
 def embed(trainer: Trainer, mesh, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
   """[N, E] embeddings of `images` in evaluation mode (dropout off, BatchNorm statistics).
 
-  Every chunk is padded to `batch_size` (rounded up to a multiple of the device count, so one
-  compilation serves every chunk) and sharded over the mesh like a training batch.
+  Every chunk is padded to `batch_size` (rounded up to a multiple of devices x forward chunks,
+  so one compilation serves every chunk) and sharded over the mesh like a training batch.
   """
-  batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
+  multiple = jax.device_count() * trainer.forward_chunks
+  batch_size = -(-batch_size // multiple) * multiple
   trainer.model.eval()
   outputs = []
   for start in range(0, images.shape[0], batch_size):
@@ -255,12 +291,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   trainer = build_trainer(config, dataset.train.images.shape[1:], total_steps, mesh)
 
   checkpoints = checkpointing.EpochCheckpoints(os.path.join(workdir, "checkpoints"))
-  start_epoch, step = 0, 0
+  start_epoch, step, train_seconds = 0, 0, 0.0
   latest = checkpoints.latest_epoch()
   if latest is not None:
     state, meta = checkpoints.restore(latest, checkpoint_state(trainer))
     restore_state(trainer, state)
     start_epoch, step = meta["epoch"], meta["step"]
+    train_seconds = meta.get("train_seconds", 0.0)
     if is_main:
       print(f"Resuming from the checkpoint after epoch {start_epoch} (step {step}).")
   # On resume, log lines written after the checkpoint by the interrupted run are dropped.
@@ -297,13 +334,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                              active=f"{record['fraction_active']:.3f}")
       progress.update(1)
     epoch_seconds = time.time() - epoch_start
+    train_seconds += epoch_seconds  # Training steps only: no evaluation, no checkpointing.
 
     last_epoch = epoch + 1 == config.num_epochs
     if (epoch + 1) % config.eval_every_epochs == 0 or last_epoch:
       metrics, test_embeddings = evaluate(trainer, mesh, dataset, config, with_train=last_epoch)
-      eval_log.write(step, {"epoch": epoch + 1, "epoch_seconds": epoch_seconds, **metrics})
+      eval_log.write(step, {"epoch": epoch + 1, "epoch_seconds": epoch_seconds,
+                            "train_seconds": train_seconds, **metrics})
       progress.write(f"epoch {epoch + 1}: precision@1 {metrics['precision_at_1']:.4f}  "
-                     f"MAP@R {metrics['map_at_r']:.4f}  ({epoch_seconds:.0f} s)")
+                     f"MAP@R {metrics['map_at_r']:.4f}  ({epoch_seconds:.0f} s, "
+                     f"{train_seconds:.0f} s of training so far)")
       if is_main and config.export.pca_every_eval:
         exports.plot_pca(test_embeddings, dataset.test.labels,
                          os.path.join(workdir, "plots", f"pca_2d_epoch{epoch + 1:03d}.png"),
@@ -311,7 +351,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                          title=f"{config.loss.name}, epoch {epoch + 1}",
                          class_names=dataset.class_names)
     if (epoch + 1) % config.checkpoint_every_epochs == 0 or last_epoch:
-      checkpoints.save(epoch + 1, checkpoint_state(trainer), {"epoch": epoch + 1, "step": step})
+      checkpoints.save(epoch + 1, checkpoint_state(trainer),
+                       {"epoch": epoch + 1, "step": step, "train_seconds": train_seconds})
   progress.close()
   checkpoints.close()
 
@@ -319,7 +360,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     metrics, test_embeddings = evaluate(trainer, mesh, dataset, config, with_train=True)
   final = dict(metrics)
   final.update(loss=config.loss.name, dataset=config.data.name, epochs=config.num_epochs,
-               steps=step)
+               steps=step, train_seconds=train_seconds)
   if is_main:
     with open(os.path.join(workdir, "eval.json"), "w") as f:
       json.dump(final, f, indent=2)
