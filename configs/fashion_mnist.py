@@ -16,6 +16,7 @@ dropout, batch 256, Adam 1e-3 with cosine decay) so far:
   * 20 epochs, 4 forward chunks: 0.8994 after 752 s (0.9002 at epoch 18);
   * 20 epochs, no chunks (epochs took 41-49 s, total not recorded, about 880 s): 0.9016;
   * 22 epochs, 4 forward chunks: 0.8984 after 702 s;
+  * 20 epochs, 4 forward chunks, learning rate 2e-3: 0.8982 after 748 s;
   * 15 epochs, one CPU device: 0.8967 after 908 s;
   * 18 epochs with left-right flips: 0.8914; 18 epochs at batch 128: 0.8959 after 686 s.
 """
