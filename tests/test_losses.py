@@ -215,8 +215,9 @@ def test_large_batch_matches_reference():
 
 def test_anchor_blocks_match_reference(monkeypatch):
   # Batches above 2048 x 2048 distance entries are mined in blocks of anchor rows (a lax.scan
-  # with padding rows; sums for semi-hard and batch-all, per-anchor results for batch-hard). Shrink the block budget so that a small batch takes that path too:
-  # 40 rows per block, 4 blocks, the last one with 30 padding rows.
+  # with padding rows; sums for semi-hard and batch-all, per-anchor results for batch-hard).
+  # Shrink the block budget so that a small batch takes that path too: 40 rows per block,
+  # 4 blocks, the last one with 30 padding rows.
   from tripletjax import losses
   batch_size = 130
   rng = np.random.default_rng(40)

@@ -10,7 +10,8 @@ one process per host with --coordinator_address, --num_processes and --process_i
 
 On a CPU-only machine the run splits every batch over one JAX device per core (--cpu_devices):
 XLA:CPU runs each convolution on a single thread, so data parallelism over the cores is what
-uses them all (1.9x faster steps on 2 cores). The loss still mines over the whole batch.
+uses them all (the seed-002 CNN's convolutions, forward+backward at batch 256: 274 -> 142 ms
+on 2 cores). The loss still mines over the whole batch.
 """
 
 from __future__ import annotations
