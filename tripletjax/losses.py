@@ -46,67 +46,57 @@ def _prepare(labels, embeddings, margin, metric):
           jnp.asarray(margin, jnp.float32))
 
 
-def _sum_over_anchor_blocks(sums_fn, labels, embeddings, margin, metric):
-  """Applies a block miner (`mining.semihard_sums`, `mining.batch_all_sums`) to all anchors.
+def _over_anchor_blocks(block_fn, embeddings, metric, *, recompute_block: bool):
+  """Applies `block_fn(block_distances[C, B], anchor_index[C])` to blocks covering all anchors.
 
-  One block when the batch is small; otherwise a `lax.scan` over blocks of anchor rows whose
-  distance rows are computed inside the block, adding up the per-block sums.
+  One block (the whole [B, B] matrix, C = B) when the batch is small; otherwise a `lax.scan`
+  over blocks of anchor rows whose distance rows are computed inside the block; `anchor_index`
+  is -1 on the padding rows of the last block. Each block's distances are recomputed in the
+  backward pass (one matmul) instead of all being kept alive: that saves ~5 bytes per matrix
+  entry of peak memory. With `recompute_block`, the whole block is (for miners without a
+  custom gradient, whose autodiff residuals would otherwise be [C, B] arrays).
+
+  Returns:
+    The outputs of `block_fn`, stacked over blocks: [num_blocks, ...] each.
   """
-  batch = labels.shape[0]
+  batch = embeddings.shape[0]
   if batch * batch <= _BLOCK_ENTRIES:
     distances = distances_lib.pairwise_distances(embeddings, metric=metric)
-    return sums_fn(distances, jnp.arange(batch, dtype=jnp.int32), labels, margin)
+    outputs = block_fn(distances, jnp.arange(batch, dtype=jnp.int32))
+    return jax.tree.map(lambda x: x[None], outputs)
   rows_per_block = max(1, _BLOCK_ENTRIES // batch)
   num_blocks = -(-batch // rows_per_block)
   anchor_index = jnp.arange(num_blocks * rows_per_block, dtype=jnp.int32)
   anchor_index = jnp.where(anchor_index < batch, anchor_index, -1)  # -1: padding rows.
   squared_norms = jnp.sum(embeddings * embeddings, axis=1)
-
-  # Recompute each block's distances in the backward pass (one matmul) instead of keeping all
-  # of them alive: it saves ~5 bytes per matrix entry of peak memory.
   block_distances_fn = jax.checkpoint(distances_lib.anchor_distances, static_argnums=(2,))
 
-  def add_block(total, block_index):
-    block_distances = block_distances_fn(embeddings, block_index, metric, squared_norms)
-    block_sums = sums_fn(block_distances, block_index, labels, margin)
-    return jax.tree.map(jnp.add, total, block_sums), None
+  def one_block(block_index):
+    return block_fn(block_distances_fn(embeddings, block_index, metric, squared_norms),
+                    block_index)
 
-  blocks = anchor_index.reshape(num_blocks, rows_per_block)
-  zeros = jax.tree.map(
-      lambda s: jnp.zeros(s.shape, s.dtype),
-      jax.eval_shape(sums_fn, jax.ShapeDtypeStruct((rows_per_block, batch), jnp.float32),
-                     blocks[0], labels, margin))
-  total, _ = jax.lax.scan(add_block, zeros, blocks)
-  return total
+  if recompute_block:
+    one_block = jax.checkpoint(one_block)
+  _, outputs = jax.lax.scan(lambda carry, index: (carry, one_block(index)), None,
+                            anchor_index.reshape(num_blocks, rows_per_block))
+  return outputs
+
+
+def _sum_over_anchor_blocks(sums_fn, labels, embeddings, margin, metric):
+  """Sums of a block miner (`mining.semihard_sums`, `mining.batch_all_sums`) over all anchors."""
+  per_block = _over_anchor_blocks(
+      lambda distances, anchor_index: sums_fn(distances, anchor_index, labels, margin),
+      embeddings, metric, recompute_block=False)
+  return jax.tree.map(lambda x: jnp.sum(x, axis=0), per_block)
 
 
 def _map_over_anchor_blocks(block_fn, labels, embeddings, metric):
-  """Per-anchor results of `block_fn(block_distances, labels, anchor_index)` for all anchors.
-
-  One block when the batch is small; otherwise a `lax.scan` over blocks of anchor rows, each
-  block recomputed in the backward pass (`jax.checkpoint`), so that no [B, B] array is alive.
-  Returns the per-anchor results, [B, ...] each.
-  """
+  """Per-anchor results of `block_fn(block_distances, labels, anchor_index)`: [B, ...] each."""
+  per_block = _over_anchor_blocks(
+      lambda distances, anchor_index: block_fn(distances, labels, anchor_index),
+      embeddings, metric, recompute_block=True)
   batch = labels.shape[0]
-  if batch * batch <= _BLOCK_ENTRIES:
-    distances = distances_lib.pairwise_distances(embeddings, metric=metric)
-    return block_fn(distances, labels, jnp.arange(batch, dtype=jnp.int32))
-  rows_per_block = max(1, _BLOCK_ENTRIES // batch)
-  num_blocks = -(-batch // rows_per_block)
-  anchor_index = jnp.minimum(jnp.arange(num_blocks * rows_per_block, dtype=jnp.int32),
-                             batch - 1)  # Padding rows repeat the last anchor; dropped below.
-  squared_norms = jnp.sum(embeddings * embeddings, axis=1)
-
-  @jax.checkpoint
-  def one_block(block_index):
-    block_distances = distances_lib.anchor_distances(embeddings, block_index, metric,
-                                                     squared_norms)
-    return block_fn(block_distances, labels, block_index)
-
-  _, per_block = jax.lax.scan(lambda carry, index: (carry, one_block(index)), None,
-                              anchor_index.reshape(num_blocks, rows_per_block))
-  return jax.tree.map(lambda x: x.reshape(num_blocks * rows_per_block, *x.shape[2:])[:batch],
-                      per_block)
+  return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:])[:batch], per_block)
 
 
 def _safe_mean(total, count):
