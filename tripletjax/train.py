@@ -118,21 +118,28 @@ def make_mesh() -> jax.sharding.Mesh:
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def shard_batch(mesh, images: np.ndarray, labels: np.ndarray):
-  """Places a global batch (identical on every process) sharded over the "data" axis.
+def shard_batch(mesh, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
+  """Places arrays of a global batch (identical on every process) sharded over the "data" axis.
 
   Each process contributes only the rows its devices hold, so no host ever sends data to
   another host's devices.
+
+  Args:
+    mesh: the mesh of `make_mesh`.
+    *arrays: [B, ...] arrays with the same B (e.g. images and labels).
+
+  Returns:
+    The sharded arrays, in the same order.
   """
   sharding = NamedSharding(mesh, P("data"))
-  global_batch = images.shape[0]
+  global_batch = arrays[0].shape[0]
   if global_batch % jax.device_count():
     raise ValueError(f"The batch size {global_batch} must be divisible by the number of devices "
                      f"({jax.device_count()}).")
   per_process = global_batch // jax.process_count()
   rows = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
   put = lambda x: jax.make_array_from_process_local_data(sharding, x[rows], x.shape)
-  return put(images), put(labels)
+  return tuple(put(x) for x in arrays)
 
 
 def model_options(model_config: ml_collections.ConfigDict) -> dict:
@@ -227,7 +234,7 @@ def embed(trainer: Trainer, mesh, images: np.ndarray, batch_size: int = 1024) ->
   for start in range(0, images.shape[0], batch_size):
     chunk = images[start:start + batch_size]
     padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), 0)])
-    sharded, _ = shard_batch(mesh, padded, np.zeros(batch_size, np.int32))
+    (sharded,) = shard_batch(mesh, padded)
     outputs.append(np.asarray(trainer.embed_fn(trainer.model, sharded))[:len(chunk)])
   trainer.model.train()
   return np.concatenate(outputs)
