@@ -53,6 +53,9 @@ CASES = {
     "hsu_cnn_8x8": ((8, 8, 1), 12, lambda rngs: HsuCNN((8, 8, 1), embedding_dim=12, rngs=rngs)),
     "hsu_cnn_28x28": ((28, 28, 1), 12,
                       lambda rngs: HsuCNN((28, 28, 1), embedding_dim=12, rngs=rngs)),
+    # Without dropout, so that train mode is deterministic for the BatchNorm test.
+    "hsu_batchnorm_28x28": ((28, 28, 1), 12, lambda rngs: HsuCNN(
+        (28, 28, 1), embedding_dim=12, dropout_rate=0.0, batch_norm=True, rngs=rngs)),
     # Two stages of one block: every code path of ResNet-18/50 (stem, identity and projection
     # shortcuts, stride 2) at a fraction of the compile time, with shared parameter shapes
     # because initialisers compile once per shape. Full depths are checked by shape only.
@@ -66,7 +69,8 @@ CASES = {
 }
 CNN_CASES = [case for case in CASES if "cnn" in case]
 # Each test runs on the fewest cases that cover its code paths; every compile costs ~1 s.
-BATCHNORM_CASES = ["resnet_small_stem_28x28", "resnet_imagenet_stem_64x64"]
+BATCHNORM_CASES = ["resnet_small_stem_28x28", "resnet_imagenet_stem_64x64",
+                   "hsu_batchnorm_28x28"]
 GRADIENT_CASES = ["tfa_cnn_28x28", "hsu_cnn_28x28", "resnet_small_stem_28x28",
                   "resnet_bottleneck_28x28"]
 
@@ -126,7 +130,8 @@ def test_same_seed_gives_same_model_and_train_outputs(case):
 def test_batchnorm_uses_batch_statistics_only_in_train_mode(case):
   model, input_shape, embedding_dim = _build(case)
   images = _images(input_shape, mean=3.0, std=2.0)  # far from the initial running stats 0, 1.
-  running_mean = lambda: np.asarray(model.stem_norm.mean[...]).copy()
+  first_norm = model.stem_norm if isinstance(model, ResNet) else model.norm1
+  running_mean = lambda: np.asarray(first_norm.mean[...]).copy()
   initial_mean = running_mean()
 
   model.eval()
@@ -139,7 +144,7 @@ def test_batchnorm_uses_batch_statistics_only_in_train_mode(case):
   _assert_valid_output(train_output, BATCH_SIZE, embedding_dim)
   assert not np.allclose(running_mean(), initial_mean)
   assert not np.allclose(train_output.embeddings, eval_output.embeddings, atol=1e-3)
-  # No dropout in a ResNet: train mode is deterministic for a fixed batch...
+  # No dropout in these models: train mode is deterministic for a fixed batch...
   np.testing.assert_allclose(_forward(model, images).embeddings, train_output.embeddings,
                              atol=1e-5)
   # ...and eval mode now uses the updated running statistics.
@@ -232,6 +237,15 @@ def test_cnn_parameter_counts_at_default_settings(name, expected):
   model_class = MODELS[name]
   model = nnx.eval_shape(lambda: model_class((28, 28, 1), rngs=_rngs()))
   assert _num_params(model) == expected
+
+
+def test_hsu_cnn_batch_norm_replaces_the_conv_biases():
+  # 1,600 + 102,400 conv (no biases) + 2 x 128 BatchNorm scale/bias + 627,400 dense.
+  model = nnx.eval_shape(lambda: HsuCNN((28, 28, 1), batch_norm=True, rngs=_rngs()))
+  assert _num_params(model) == 731_656
+  assert model.conv1.bias is None and model.norm2.mean.shape == (64,)
+  plain = nnx.eval_shape(lambda: HsuCNN((28, 28, 1), rngs=_rngs()))
+  assert plain.norm1 is None and plain.norm2 is None
 
 
 @pytest.mark.parametrize("name, expected", [

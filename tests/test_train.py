@@ -187,7 +187,9 @@ def test_model_options_pass_only_what_is_set():
   assert train.model_options(config.model) == {}
   config.model.width = 8
   config.model.dropout_rate = 0.0
-  assert train.model_options(config.model) == {"width": 8, "dropout_rate": 0.0}
+  config.model.batch_norm = True
+  assert train.model_options(config.model) == {"width": 8, "dropout_rate": 0.0,
+                                               "batch_norm": True}
 
 
 def test_apply_in_chunks_matches_one_pass():

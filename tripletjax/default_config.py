@@ -30,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Model options; None keeps the model's own default.
   config.model.width = ml_collections.FieldReference(None, field_type=int)  # ResNets.
   config.model.dropout_rate = ml_collections.FieldReference(None, field_type=float)  # CNNs.
+  config.model.batch_norm = ml_collections.FieldReference(None, field_type=bool)  # hsu_cnn.
   # Run the model on this many chunks of each device's batch, one after the other (the loss
   # still mines the whole batch). Smaller convolutions use the CPU caches better; with
   # BatchNorm the statistics become per chunk ("ghost" batch norm). See train.apply_in_chunks.

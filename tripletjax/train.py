@@ -144,7 +144,8 @@ def shard_batch(mesh, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
 
 def model_options(model_config: ml_collections.ConfigDict) -> dict:
   """The model options that are set (not None) in the config, as keyword arguments."""
-  options = {"width": model_config.width, "dropout_rate": model_config.dropout_rate}
+  options = {"width": model_config.width, "dropout_rate": model_config.dropout_rate,
+             "batch_norm": model_config.batch_norm}
   return {name: value for name, value in options.items() if value is not None}
 
 
