@@ -49,6 +49,18 @@ def test_flip_shift_translates_within_max_shift():
   assert len(shifts) > 10  # Many of the 25 shifts occur.
 
 
+def test_shift_translates_without_flipping():
+  images = _images(num=100)
+  out = augmentations.augment(images, "shift", seed=0, epoch=0, step=0, max_shift=1)
+  shifts = set()
+  for image, result in zip(images, out):
+    matches = [(dy, dx) for dy in range(-1, 2) for dx in range(-1, 2)
+               if np.array_equal(result, _shifted(image, dy, dx))]
+    assert matches, "output is not a shift of its input (by at most 1 pixel)"
+    shifts.add(matches[0])
+  assert len(shifts) == 9  # Every shift of up to one pixel occurs among 100 images.
+
+
 def test_same_seed_epoch_step_same_result_and_different_steps_differ():
   images = _images()
   first = augmentations.augment(images, "flip_shift", seed=5, epoch=1, step=7)

@@ -21,8 +21,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
   config.data.max_train = ml_collections.FieldReference(None, field_type=int)
   config.data.max_test = ml_collections.FieldReference(None, field_type=int)
-  config.data.augment = "none"  # none | flip | flip_shift (see tripletjax.augmentations)
-  config.data.max_shift = 2  # flip_shift only: largest translation in pixels.
+  config.data.augment = "none"  # none | flip | shift | flip_shift (tripletjax.augmentations)
+  config.data.max_shift = 2  # shift, flip_shift: largest translation in pixels.
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "tfa_cnn"  # tfa_cnn | hsu_cnn | resnet18 | resnet34 | resnet50
