@@ -13,6 +13,8 @@ NMI 0.845, test-vs-train 1-NN accuracy 0.913, after 20 epochs and 776 s of train
 (`train_seconds` in eval.json; raw pixels give 0.809). With --config.seed=1: precision@1
 0.9031, MAP@R 0.7992, 1-NN accuracy 0.915, after 709 s. With --config.num_epochs=24 (after
 the rank-key sort made steps faster): 0.9019, MAP@R 0.8023, after 880 s, so 20 epochs stay.
+With --config.data.augment=shift (up to 2 pixels): 0.8839 after 619 s; 20 epochs are too few
+for translated images to pay off.
 
 What got it there: BatchNorm in seed 002's CNN (model.batch_norm) with a 3x higher learning
 rate. The same recipe without BatchNorm at learning rate 1e-3 (semi-hard, margin 0.2, no
