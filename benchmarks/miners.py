@@ -27,6 +27,8 @@ Usage:
   python -m benchmarks.miners                  # B in 128 ... 8192 and D in 128, 256
   python -m benchmarks.miners --losses semihard --modes forward+backward --batch-sizes 2048 \
       --dims 256 --out /tmp/semihard.json
+  # The sorts inside XLA, as the trainer mines on several CPU devices:
+  python -m benchmarks.miners --losses semihard batch_all --mining-backend xla --quick
 
 Prints a markdown table (and machine information) and writes everything to --out (default
 benchmarks/results/miners.json, rewritten after every case so a long run keeps its results).
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import os
@@ -54,6 +57,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks import numpy_vectorized  # noqa: E402
 from tripletjax import losses  # noqa: E402
+from tripletjax import mining  # noqa: E402
 from tripletjax import reference  # noqa: E402
 
 LOSS_NAMES = ("semihard", "hard", "batch_all", "contrastive")
@@ -87,9 +91,15 @@ def make_inputs(batch_size: int, dim: int, num_classes: int, seed: int = 0):
   return labels, embeddings
 
 
-def jax_function(loss_name: str, mode: str):
+# The losses whose miners sort rows: they take `mining_backend` (see `tripletjax.mining`).
+SORTING_LOSSES = ("semihard", "batch_all")
+
+
+def jax_function(loss_name: str, mode: str, mining_backend: str = "auto"):
   """The jit-compiled JAX function of a case: (labels, embeddings) -> loss or (loss, grad)."""
   loss_fn = losses.MINED_LOSSES[loss_name]
+  if loss_name in SORTING_LOSSES:
+    loss_fn = functools.partial(loss_fn, mining_backend=mining_backend)
   if mode == "forward":
     return jax.jit(lambda labels, embeddings: loss_fn(labels, embeddings, margin=MARGIN))
   value_and_grad = jax.value_and_grad(
@@ -172,7 +182,7 @@ def _child_main(spec: dict) -> None:
   labels, embeddings = jax.device_put(labels), jax.device_put(embeddings)
   jax.block_until_ready((labels, embeddings))
   baseline_mb = _resident_peak_mb()
-  function = jax_function(spec["loss"], spec["mode"])
+  function = jax_function(spec["loss"], spec["mode"], spec["mining_backend"])
   for _ in range(2):
     jax.block_until_ready(function(labels, embeddings))
   result = {
@@ -194,10 +204,10 @@ def _child_main(spec: dict) -> None:
 
 
 def measure_peak_memory(loss_name: str, mode: str, batch_size: int, dim: int, classes: int,
-                        timeout_s: float) -> dict:
+                        timeout_s: float, mining_backend: str = "auto") -> dict:
   """Peak memory of one JAX case, run alone in a fresh child process."""
   spec = {"loss": loss_name, "mode": mode, "batch_size": batch_size, "dim": dim,
-          "classes": classes}
+          "classes": classes, "mining_backend": mining_backend}
   repo_root = Path(__file__).resolve().parent.parent
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo_root), env.get("PYTHONPATH")]))
@@ -229,7 +239,8 @@ def run_case(loss_name: str, mode: str, batch_size: int, dim: int, args) -> dict
 
   # JAX: compile, then time the compiled executable.
   start = time.perf_counter()
-  compiled = jax_function(loss_name, mode).lower(labels, embeddings).compile()
+  compiled = jax_function(loss_name, mode, args.mining_backend).lower(
+      labels, embeddings).compile()
   case["jax_compile_s"] = time.perf_counter() - start
   case["xla_memory"] = xla_memory_mb(compiled)
   jax_output = jax.block_until_ready(compiled(labels, embeddings))
@@ -268,7 +279,7 @@ def run_case(loss_name: str, mode: str, batch_size: int, dim: int, args) -> dict
   # Peak memory of the JAX case.
   if args.memory == "subprocess":
     case["memory"] = measure_peak_memory(loss_name, mode, batch_size, dim, args.classes,
-                                         args.child_timeout)
+                                         args.child_timeout, args.mining_backend)
   case["peak_mb"], case["peak_mb_source"] = _peak_mb(case, args.memory)
   return case
 
@@ -413,6 +424,9 @@ def parse_args(argv=None):
   parser.add_argument("--losses", nargs="+", choices=LOSS_NAMES, default=list(LOSS_NAMES))
   parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
   parser.add_argument("--classes", type=int, default=10, help="Number of random classes.")
+  parser.add_argument("--mining-backend", choices=mining.BACKENDS, default="auto",
+                      help="Row sorts of semi-hard and batch-all: 'auto' (NumPy on CPU), 'numpy', "
+                      "or 'xla' (what the trainer uses on several CPU devices).")
   parser.add_argument("--memory", choices=("subprocess", "xla", "none"), default="subprocess",
                       help="How the peak MB column is measured (see the module doc).")
   parser.add_argument("--min-time", type=float, default=None,
@@ -450,6 +464,7 @@ def main(argv=None) -> dict | None:
       "config": {"quick": args.quick, "batch_sizes": args.batch_sizes, "dims": args.dims,
                  "losses": args.losses, "modes": args.modes, "classes": args.classes,
                  "margin": MARGIN, "metric": "l2", "memory": args.memory,
+                 "mining_backend": args.mining_backend,
                  "min_time_s": args.min_time, "reference_max_batch": args.reference_max_batch},
       "machine": machine_info(),
       "memory_note": _MEMORY_NOTES[args.memory],

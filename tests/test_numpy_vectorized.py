@@ -166,3 +166,15 @@ def test_benchmark_script_runs_and_writes_json(tmp_path, capsys):
   assert results["cases"][0]["reference_ms"] is not None  # forward, B <= 256
   assert results["cases"][1]["reference_ms"] is None      # forward+backward: no reference
   assert "| hard | forward | 16 | 4 |" in capsys.readouterr().out
+
+
+def test_benchmark_script_times_the_xla_mining_backend(tmp_path):
+  from benchmarks import miners
+
+  results = miners.main(["--batch-sizes", "16", "--dims", "4", "--losses", "semihard",
+                         "--modes", "forward+backward", "--mining-backend", "xla",
+                         "--memory", "subprocess", "--min-time", "0.001",
+                         "--out", str(tmp_path / "miners.json")])
+  assert results["config"]["mining_backend"] == "xla"
+  (case,) = results["cases"]
+  assert case["loss_relative_difference"] < 1e-5 and case["memory"]["peak_rss_mb"] > 0
