@@ -91,14 +91,10 @@ def make_inputs(batch_size: int, dim: int, num_classes: int, seed: int = 0):
   return labels, embeddings
 
 
-# The losses whose miners sort rows: they take `mining_backend` (see `tripletjax.mining`).
-SORTING_LOSSES = ("semihard", "batch_all")
-
-
 def jax_function(loss_name: str, mode: str, mining_backend: str = "auto"):
   """The jit-compiled JAX function of a case: (labels, embeddings) -> loss or (loss, grad)."""
   loss_fn = losses.MINED_LOSSES[loss_name]
-  if loss_name in SORTING_LOSSES:
+  if loss_name in losses.SORTING_LOSSES:
     loss_fn = functools.partial(loss_fn, mining_backend=mining_backend)
   if mode == "forward":
     return jax.jit(lambda labels, embeddings: loss_fn(labels, embeddings, margin=MARGIN))

@@ -21,6 +21,7 @@ References:
 from __future__ import annotations
 
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -304,3 +305,6 @@ MINED_LOSSES = {
     "batch_all": batch_all_triplet_loss,
     "contrastive": contrastive_loss,
 }
+# The losses of `MINED_LOSSES` whose miners sort rows and so take `mining_backend`.
+SORTING_LOSSES = tuple(name for name, loss in MINED_LOSSES.items()
+                       if "mining_backend" in inspect.signature(loss).parameters)

@@ -83,7 +83,7 @@ def make_loss_fn(loss_config: ml_collections.ConfigDict) -> Callable:
   options = {"margin": loss_config.margin, "metric": loss_config.metric}
   if loss_config.name == "hard":
     options["soft"] = loss_config.soft
-  if loss_config.name in ("semihard", "batch_all") and jax.device_count() > 1:
+  if loss_config.name in losses.SORTING_LOSSES and jax.device_count() > 1:
     # The host (NumPy) miners run through a callback, which deadlocks XLA:CPU's collectives in a
     # program sharded over several CPU devices; mine with lax.sort there (and on accelerators).
     options["mining_backend"] = "xla"
