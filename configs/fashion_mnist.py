@@ -11,7 +11,8 @@ Result (measured 2026-11-23 on the 2-core CPU, this config as it stands, two CPU
 test leave-one-out precision@1 0.9042, MAP@R 0.8003, recall@{1,2,4,8} 0.904/0.938/0.956/0.968,
 NMI 0.845, test-vs-train 1-NN accuracy 0.913, after 20 epochs and 776 s of training
 (`train_seconds` in eval.json; raw pixels give 0.809). With --config.seed=1: precision@1
-0.9031, MAP@R 0.7992, 1-NN accuracy 0.915, after 709 s. With --config.num_epochs=24 (after
+0.9031, MAP@R 0.7992, 1-NN accuracy 0.915, after 709 s. On a fresh clone of 90f5ccd (the rank-key
+sort in the multi-device miner): the same 0.9042 at every evaluation, after 574 s. With --config.num_epochs=24 (after
 the rank-key sort made steps faster): 0.9019, MAP@R 0.8023, after 880 s, so 20 epochs stay.
 With --config.data.augment=shift (up to 2 pixels): 0.8839 after 619 s; 20 epochs are too few
 for translated images to pay off.
