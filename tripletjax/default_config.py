@@ -56,6 +56,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.weight_decay = 1e-4  # adamw only.
   config.optimizer.momentum = 0.9  # sgd only.
   config.optimizer.grad_clip_norm = 0.0  # 0 disables clipping.
+  # A step with a non-finite loss or gradient stops the run (False) or is skipped and counted
+  # in the metrics' skipped_steps (True). The state is never updated by such a step.
+  config.optimizer.skip_nonfinite = False
 
   config.export = ml_collections.ConfigDict()
   config.export.projector_max_points = 2000

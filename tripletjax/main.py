@@ -17,11 +17,14 @@ on 2 cores). The loss still mines over the whole batch.
 from __future__ import annotations
 
 import os
+import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from tripletjax import errors
+from tripletjax import preemption
 from tripletjax import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -55,7 +58,16 @@ def main(argv):
   if jax.process_index() == 0:
     print(f"JAX {jax.__version__} on {jax.device_count()} {jax.devices()[0].platform} device(s), "
           f"{jax.process_count()} process(es); writing to {workdir}")
-  final = train.train_and_evaluate(config, workdir)
+  try:
+    final = train.train_and_evaluate(config, workdir)
+  except preemption.Interrupted as interrupted:
+    print(interrupted, file=sys.stderr, flush=True)
+    sys.exit(interrupted.exit_status)
+  except errors.UserError as error:
+    print(f"error: {error}", file=sys.stderr)
+    if error.hint:
+      print(f"hint: {error.hint}", file=sys.stderr)
+    sys.exit(2)
   if jax.process_index() == 0:
     print(f"precision@1 {final['precision_at_1']:.4f}  MAP@R {final['map_at_r']:.4f}  "
           f"R-precision {final['r_precision']:.4f}  NMI {final['nmi']:.4f}  "
