@@ -1,4 +1,4 @@
-"""MNIST, as in the TensorFlow Addons triplet-loss tutorial (seed 000).
+"""MNIST, as in the TensorFlow Addons triplet-loss tutorial (TripletSemiHardLoss on MNIST).
 
   python -m tripletjax.main --config=configs/mnist.py
 
@@ -15,7 +15,7 @@ def get_config():
   config = default_config.get_config()
   config.data.name = "mnist"
   config.model.name = "tfa_cnn"
-  config.model.embedding_dim = 256  # Seed 000's Dense(256).
+  config.model.embedding_dim = 256  # The tutorial's Dense(256).
   config.loss.margin = 1.0  # TFA's default.
   config.batch.batch_size = 256
   config.num_epochs = 5
