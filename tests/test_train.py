@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 
-import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -153,7 +152,16 @@ def test_shard_batch_places_the_global_batch():
   np.testing.assert_array_equal(np.asarray(sharded_images), images)
   np.testing.assert_array_equal(np.asarray(sharded_labels), labels)
   assert sharded_images.sharding.spec[0] == "data"
-  assert len(jax.devices()) >= 1
+  # Every device of the mesh holds its contiguous slice of the rows, and only that slice
+  # (four devices: tests/test_sharding.py).
+  assert sharded_images.sharding.device_set == set(mesh.devices.flat)
+  rows_per_device = 8 // mesh.devices.size
+  for array, local in ((sharded_images, images), (sharded_labels, labels)):
+    for shard in array.addressable_shards:
+      position = list(mesh.devices.flat).index(shard.device)
+      assert shard.index[0].indices(8)[:2] == (position * rows_per_device,
+                                               (position + 1) * rows_per_device)
+      np.testing.assert_array_equal(np.asarray(shard.data), local[shard.index])
 
 
 @pytest.mark.slow
