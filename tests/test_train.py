@@ -165,9 +165,8 @@ def test_shard_batch_places_the_global_batch():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
-                    reason="Debian's dataset-fashion-mnist is not installed")
-def test_fashion_mnist_smoke(tmp_path):
+def test_fashion_mnist_smoke(tmp_path, fashion_mnist_dir):
+  del fashion_mnist_dir  # The config reads it.
   # configs/fashion_mnist.py as committed (BatchNorm CNN, forward chunks, ...), on a subset.
   config = load_config_module("fashion_mnist").get_config()
   config.data.max_train, config.data.max_test, config.num_epochs = 512, 256, 1
