@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
@@ -76,6 +77,11 @@ def test_end_to_end_writes_every_export_and_compares_sibling_runs(tmp_path):
   for record in records:
     assert np.isfinite(record["loss"]) and 0.0 <= record["fraction_active"] <= 1.0
     assert record["embedding_norm"] > 0
+  # The training curves plot this run's logged losses, point for point (the CSV beside them).
+  with open(workdir / "plots" / "training_curves.csv", newline="") as curves:
+    plotted = [(float(row["x"]), float(row["y"])) for row in csv.DictReader(curves)
+               if row["panel"] == "loss" and row["series"] == "digits-semihard"]
+  assert plotted == [(record["step"], record["loss"]) for record in records]
   vecs = (workdir / "projector" / "vecs.tsv").read_text().strip().splitlines()
   assert len(vecs) == 100 and len(vecs[0].split("\t")) == 16
 
