@@ -23,25 +23,27 @@ dD_ij/dx_i = (x_i - x_j) / D_ij gives
 two matrix products when A is dense, or a gather per entry when A has O(B) entries (hard loss).
 Where the loss has a kink (ties, hinge exactly 0) the one-sided choice is the JAX one.
 
-Semi-hard and batch-all mining sort each distance row once, as the JAX side does on CPU, with
-the row's entries packed into integer keys whose order is (distance, tag, column): the bits of a
-non-negative float32 order like the float itself. The forward functions need no permutation
-and sort 32-bit keys (distance bits << 1 | tag, twice as fast); the gradient functions sort
-64-bit keys (distance bits << 32 | tag << 31 | column) to send the gradient back to the
-original columns. Each anchor itself is moved to the end of its row (key = largest float,
-tagged like a positive for semi-hard, like a negative for batch-all), so that every row ends
-with a known entry and the anchor never needs masking. All mining then happens on the flat
-list of sorted positions of the O(B^2 / classes) positive pairs, found with one `flatnonzero`:
+Mining sorts distance rows packed into integer keys: the bits of a non-negative float32 order
+like the float itself. This module imports nothing from `tripletjax`, so that agreement with
+the package (tested in tests/test_numpy_vectorized.py) is agreement of two implementations:
 
-  * semi-hard: positives are placed after negatives on equal distances, so the negative of a
-    positive is the first untagged entry to its right, found for all positives with a reverse
-    running minimum; this part, and the 64-bit keys, are the package's own CPU miner
-    (`tripletjax.host_mining`, which also runs slices of rows on several threads; here
-    everything stays on one thread);
-  * batch-all: the row holds D_ap + margin for positives and D_an for negatives, positives first
-    on ties, so the active triplets of a positive are the negatives to its left: their number
-    is (sorted column - rank among the row's positives) and their sum a running sum of the
-    segments between consecutive positives (`np.add.reduceat`).
+  * semi-hard: every negative of anchor i becomes the uint64 key (i, distance bits, column),
+    every other entry of row i a key after them; the rows sorted, the flattened keys are sorted
+    as a whole. One binary search (`np.searchsorted`) of every ordered positive pair's key
+    (i, D_ij bits, largest column) finds the nearest negative strictly farther than D_ij; a
+    search that lands past row i's negatives falls back to the last one, the farthest. The
+    package's CPU miner (`tripletjax.host_mining`) finds the same negatives differently, with
+    a reverse running minimum over runs of tagged entries.
+  * batch-all: keys (distance bits, tag, column) in (distance, tag, column) order; the forward
+    function needs no permutation and sorts 32-bit keys (distance bits << 1 | tag, twice as
+    fast), the gradient function 64-bit keys (distance bits << 32 | tag << 31 | column) to
+    send the gradient back to the original columns. Each anchor is moved to the end of its row
+    (key = largest float, tagged like a negative), so every row ends with a known entry. The
+    row holds D_ap + margin for positives and D_an for negatives, positives first on ties, so
+    the active triplets of a positive are the negatives to its left: their number is (sorted
+    column - rank among the row's positives) and their sum a running sum of the segments
+    between consecutive positives (`np.add.reduceat`), over the flat sorted positions of the
+    positives (one `flatnonzero`).
 """
 
 from __future__ import annotations
@@ -50,12 +52,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tripletjax import host_mining
-
-# Word order of a uint64 viewed as two uint32, and the key constants shared with the package.
-_HIGH = 1 if np.little_endian else 0
-_FLOAT32_MAX_BITS = host_mining.FLOAT32_MAX_BITS
-_NOT_SIGN = host_mining.NOT_SIGN
+# Word order of a uint64 viewed as two uint32.
+_HIGH, _LOW = (1, 0) if np.little_endian else (0, 1)
+_FLOAT32_MAX_BITS = 0x7F7FFFFF  # The largest finite float32: sorts after any distance.
+_NOT_SIGN = 0x7FFFFFFF          # Clears the sign bit, so that -0.0 sorts like 0.0.
+_TAG_BIT = 0x80000000
 
 
 def _check_inputs(labels, embeddings, margin):
@@ -161,72 +162,117 @@ def _sorted_keys32(values: np.ndarray, tags: np.ndarray, anchor_tag: bool) -> np
   return keys
 
 
-def _value32(keys: np.ndarray, flat_positions: np.ndarray) -> np.ndarray:
-  return (keys.reshape(-1)[flat_positions] >> 1).view(np.float32)
-
-
 def _sorted_keys64(values: np.ndarray, tags: np.ndarray, anchor_tag: bool) -> np.ndarray:
   """Rows of uint64 keys (value bits << 32 | tag << 31 | column), sorted; the anchor goes last."""
-  return host_mining.sorted_keys64(values, tags, np.arange(values.shape[0]), anchor_tag)
+  batch, num_columns = values.shape
+  keys = np.empty((batch, num_columns), np.uint64)
+  words = keys.view(np.uint32).reshape(batch, num_columns, 2)
+  np.bitwise_and(values.view(np.uint32), _NOT_SIGN, out=words[..., _HIGH])
+  np.left_shift(tags, 31, out=words[..., _LOW], dtype=np.uint32, casting="unsafe")
+  words[..., _LOW] |= np.arange(num_columns, dtype=np.uint32)
+  index = _diagonal(batch)
+  words[index + (_HIGH,)] = _FLOAT32_MAX_BITS
+  words[index + (_LOW,)] = np.arange(batch, dtype=np.uint32) | (_TAG_BIT if anchor_tag else 0)
+  keys.sort(axis=1)
+  return keys
 
 
-_low_words = host_mining.low_words
-_value64 = host_mining.key_values
-_column64 = host_mining.key_columns
+def _low_words(keys: np.ndarray) -> np.ndarray:
+  """[B, C] int32 view of the keys' low words: negative where tagged."""
+  return keys.view(np.int32).reshape(*keys.shape, 2)[..., _LOW]
 
 
 # ----------------------------------------------------------------------------------------------
 # Semi-hard triplet loss.
 
 
-_semihard_pairs = host_mining.semihard_pairs
+class _SemiHardPairs(NamedTuple):
+  """Every ordered positive pair (i, j), i != j, and the negative chosen for it."""
+  row: np.ndarray                # [P] int64 anchor i.
+  positive_column: np.ndarray    # [P] int64 j.
+  positive_distance: np.ndarray  # [P] float32 D_ij.
+  negative_column: np.ndarray    # [P] int64 column of the chosen negative (0 if none).
+  negative_distance: np.ndarray  # [P] float32 its distance; 0 if anchor i has no negative.
+  has_negative: np.ndarray       # [P] bool
 
 
-def _semihard_hinge(positive_distance, negative_distance, has_negative, margin):
-  negative_distance = np.where(has_negative, negative_distance, np.float32(0.0))
-  return np.maximum(margin + positive_distance - negative_distance, np.float32(0.0))
+def _semihard_pairs(labels: np.ndarray, distances: np.ndarray) -> _SemiHardPairs:
+  """TensorFlow Addons' negative of every positive pair, by one binary search over all rows.
+
+  Keys are row << (31 + c) | distance bits << c | column, c bits per column: among equal
+  distances the lowest column is the semi-hard choice and the highest one the fallback.
+  """
+  batch = labels.shape[0]
+  column_bits = max(1, (batch - 1).bit_length())
+  if 31 + 2 * column_bits > 64:
+    raise ValueError(f"Batches of {batch} do not fit the 64-bit keys.")
+  same = _same_class(labels)
+  shift = np.uint64(column_bits)
+  row_shift = np.uint64(31 + column_bits)
+  value_bits = lambda values: (values.view(np.uint32) & np.uint32(_NOT_SIGN)).astype(np.uint64)
+  keys = value_bits(distances)
+  keys <<= shift
+  keys |= np.arange(batch, dtype=np.uint64)[None, :]
+  keys |= np.arange(batch, dtype=np.uint64)[:, None] << row_shift
+  # Not a negative: the value bits all set, above any finite float, after the row's negatives.
+  keys[same] |= np.uint64(_NOT_SIGN) << shift
+  keys.sort(axis=1)
+  num_negatives = batch - np.count_nonzero(same, axis=1)
+
+  same[_diagonal(batch)] = False  # Now the positive pairs.
+  rows, positive_columns = np.nonzero(same)
+  positive_distances = distances[rows, positive_columns]
+  queries = value_bits(positive_distances)
+  queries <<= shift
+  queries |= rows.astype(np.uint64) << row_shift
+  queries |= np.uint64((1 << column_bits) - 1)
+  row_starts = rows * batch
+  found = np.searchsorted(keys.reshape(-1), queries, side="right") - row_starts
+  count = num_negatives[rows]
+  has_negative = count > 0
+  chosen = row_starts + np.where(found < count, found, np.maximum(count - 1, 0))
+  chosen_keys = keys.reshape(-1)[chosen]
+  negative_columns = (chosen_keys & np.uint64((1 << column_bits) - 1)).astype(np.int64)
+  negative_bits = ((chosen_keys >> shift) & np.uint64(_NOT_SIGN)).astype(np.uint32)
+  negative_distances = np.where(has_negative, negative_bits.view(np.float32), np.float32(0.0))
+  negative_columns[~has_negative] = 0
+  return _SemiHardPairs(rows, positive_columns, positive_distances, negative_columns,
+                        negative_distances, has_negative)
+
+
+def _semihard_hinge(pairs: _SemiHardPairs, margin) -> np.ndarray:
+  return np.maximum(margin + pairs.positive_distance - pairs.negative_distance, np.float32(0.0))
 
 
 def triplet_semihard_loss(labels, embeddings, margin: float = 1.0) -> float:
   """Semi-hard triplet loss (TensorFlow Addons' semantics, 0 without positive pairs), l2."""
   labels, embeddings, margin = _check_inputs(labels, embeddings, margin)
-  distances = pairwise_l2_distances(embeddings)
-  keys = _sorted_keys32(distances, _same_class(labels), anchor_tag=True)
-  pairs = _semihard_pairs(np.flatnonzero((keys & 1).astype(bool)), keys.shape[1])
-  if pairs.positive.size == 0:
+  pairs = _semihard_pairs(labels, pairwise_l2_distances(embeddings))
+  if pairs.row.size == 0:
     return 0.0
-  hinge = _semihard_hinge(_value32(keys, pairs.positive), _value32(keys, pairs.negative),
-                          pairs.has_negative, margin)
-  return float(hinge.sum(dtype=np.float64) / pairs.positive.size)
+  return float(_semihard_hinge(pairs, margin).sum(dtype=np.float64) / pairs.row.size)
 
 
 def triplet_semihard_loss_and_grad(labels, embeddings, margin: float = 1.0):
   """`triplet_semihard_loss` and its gradient with respect to `embeddings`."""
   labels, embeddings, margin = _check_inputs(labels, embeddings, margin)
-  distances = pairwise_l2_distances(embeddings)
-  keys = _sorted_keys64(distances, _same_class(labels), anchor_tag=True)
-  num_columns = keys.shape[1]
-  pairs = _semihard_pairs(np.flatnonzero(_low_words(keys) < 0), num_columns)
-  num_pairs = pairs.positive.size
+  pairs = _semihard_pairs(labels, pairwise_l2_distances(embeddings))
+  num_pairs = pairs.row.size
   if num_pairs == 0:
     return 0.0, np.zeros_like(embeddings)
-  positive_distance = _value64(keys, pairs.positive)
-  negative_distance = _value64(keys, pairs.negative)
-  hinge = _semihard_hinge(positive_distance, negative_distance, pairs.has_negative, margin)
+  hinge = _semihard_hinge(pairs, margin)
   loss = float(hinge.sum(dtype=np.float64) / num_pairs)
 
   # Each active pair adds +1 / P to D[i, j] and -1 / P to D[i, negative] (if i has one).
   active = hinge > 0
-  rows = pairs.positive[active] // num_columns
-  positive_column = _column64(keys, pairs.positive[active])
-  negative_column = _column64(keys, pairs.negative[active])
+  rows = pairs.row[active]
   scale = np.float32(1.0 / num_pairs)
-  positive_coefficient = scale * _safe_reciprocal(positive_distance[active])
-  negative_coefficient = -scale * _safe_reciprocal(negative_distance[active])
+  positive_coefficient = scale * _safe_reciprocal(pairs.positive_distance[active])
+  negative_coefficient = -scale * _safe_reciprocal(pairs.negative_distance[active])
   negative_coefficient[~pairs.has_negative[active]] = 0.0
   gradient = _gradient_from_entries(
       embeddings, np.concatenate([rows, rows]),
-      np.concatenate([positive_column, negative_column]),
+      np.concatenate([pairs.positive_column[active], pairs.negative_column[active]]),
       np.concatenate([positive_coefficient, negative_coefficient]))
   return loss, gradient
 

@@ -1,8 +1,46 @@
-"""Test-session settings."""
+"""Test-session settings and the fixtures of tests that need something optional."""
+
+import os
 
 import jax
+import pytest
+
+from tripletjax import datasets
 
 # With partitionable threefry (JAX's default) XLA:CPU compiles every random draw of a model's
 # initialisation separately, 2-5 s each; the classic threefry compiles ~10x faster. It only
 # changes which random numbers are drawn, and the tests of sharded execution do not depend on it.
 jax.config.update("jax_threefry_partitionable", False)
+
+
+def in_ci() -> bool:
+  """Whether the environment variable CI is set (`.ci/run` sets CI=true), and not to false/0."""
+  return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def skip_unless_ci(reason: str):
+  """Skips the test with `reason`; under CI fails instead, as CI installs what tests need."""
+  if in_ci():
+    pytest.fail(f"{reason}, and CI={os.environ['CI']} is set: CI must run this test.",
+                pytrace=False)
+  pytest.skip(reason)
+
+
+@pytest.fixture
+def fashion_mnist_dir() -> str:
+  """Debian's Fashion-MNIST directory (dataset-fashion-mnist); skips where it is absent."""
+  if not os.path.isdir(datasets.FASHION_MNIST_DEBIAN_DIR):
+    skip_unless_ci(f"{datasets.FASHION_MNIST_DEBIAN_DIR} is absent "
+                   "(apt-get install dataset-fashion-mnist)")
+  return datasets.FASHION_MNIST_DEBIAN_DIR
+
+
+@pytest.fixture
+def tfds():
+  """The tensorflow_datasets module (pip install tensorflow-datasets, in the test extra)."""
+  try:
+    import tensorflow_datasets  # pylint: disable=import-outside-toplevel
+  except ImportError as error:  # Not only ModuleNotFoundError: a broken install says why.
+    skip_unless_ci(f"tensorflow_datasets cannot be imported ({error}); "
+                   "pip install tensorflow-datasets")
+  return tensorflow_datasets

@@ -271,10 +271,8 @@ def test_fashion_mnist_without_the_debian_package_says_how_to_install_it(tmp_pat
     datasets.load_dataset("fashion_mnist")
 
 
-def test_fashion_mnist_auto_detects_the_debian_package():
-  if not os.path.isdir(datasets.FASHION_MNIST_DEBIAN_DIR):
-    pytest.skip(f"{datasets.FASHION_MNIST_DEBIAN_DIR} is absent "
-                "(apt-get install dataset-fashion-mnist)")
+def test_fashion_mnist_auto_detects_the_debian_package(fashion_mnist_dir):
+  del fashion_mnist_dir  # Found by load_dataset itself.
   dataset = datasets.load_dataset("fashion_mnist")
   assert dataset.train.images.shape == (60000, 28, 28, 1)
   assert dataset.test.images.shape == (10000, 28, 28, 1)
@@ -294,12 +292,6 @@ def test_tfds_names_the_pip_package_when_it_is_missing(monkeypatch):
   monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
   with pytest.raises(ImportError, match="pip install tensorflow-datasets"):
     datasets.load_dataset("tfds:mnist")
-
-
-@pytest.fixture
-def tfds():
-  # ImportError, not only ModuleNotFoundError: a broken install skips too, with its reason.
-  return pytest.importorskip("tensorflow_datasets", exc_type=ImportError)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -21,6 +22,19 @@ def assert_png(path):
     assert png_file.read(8) == PNG_SIGNATURE
   with Image.open(path) as image:
     assert image.width > 50 and image.height > 50
+
+
+def plot_data(png_path) -> dict:
+  """The CSV beside a plot: {(panel, series): [N, 2 or 3] float array of its points}."""
+  with open(exports.plot_data_path(png_path), newline="") as data_file:
+    rows = list(csv.DictReader(data_file))
+    data_file.seek(0)
+    assert tuple(next(csv.reader(data_file))) == exports.PLOT_DATA_COLUMNS
+  series = {}
+  for row in rows:
+    point = [float(row["x"]), float(row["y"])] + ([float(row["z"])] if row["z"] else [])
+    series.setdefault((row["panel"], row["series"]), []).append(point)
+  return {key: np.array(points) for key, points in series.items()}
 
 
 def embeddings_and_labels(num_examples=40, dim=6, num_classes=4, seed=0):
@@ -123,19 +137,52 @@ def test_projector_input_errors(tmp_path):
     exports.write_projector_files(tmp_path, embeddings, labels, images=np.zeros((5, 8, 8, 2)))
 
 
+def principal_components(embeddings: np.ndarray, count: int) -> np.ndarray:
+  """[N, count] projections on the principal axes, computed by SVD."""
+  centred = embeddings - embeddings.mean(axis=0)
+  _, _, axes = np.linalg.svd(centred, full_matrices=False)
+  return centred @ axes[:count].T
+
+
+def assert_pca_points(data, panel, embeddings, labels, names, dims):
+  """The class series hold exactly the examples' first `dims` principal components.
+
+  Each class is one series, its points in the examples' order; up to the sign of each axis,
+  which PCA leaves free.
+  """
+  assert {key[0] for key in data} == {panel}
+  assert sorted(key[1] for key in data) == sorted(names[label] for label in set(labels))
+  expected = principal_components(embeddings.astype(np.float64), min(dims, embeddings.shape[1]))
+  expected = np.pad(expected, ((0, 0), (0, dims - expected.shape[1])))  # Missing axes: 0.
+  plotted = np.full(expected.shape, np.nan)
+  for label in set(labels):
+    points = data[panel, names[label]]
+    assert points.shape == (np.count_nonzero(labels == label), dims)
+    plotted[labels == label] = points
+  signs = np.sign(np.sum(plotted * expected, axis=0))
+  np.testing.assert_allclose(plotted * np.where(signs == 0, 1, signs), expected, rtol=1e-6,
+                             atol=1e-9)
+
+
 def test_plot_pca(tmp_path):
   embeddings, labels = embeddings_and_labels(num_examples=60, dim=16)
+  names = ["a", "b", "c", "d"]
   out_2d, out_3d = exports.plot_pca(
       embeddings, labels, tmp_path / "pca" / "e1_2d.png", tmp_path / "pca" / "e1_3d.png",
-      "epoch 1", class_names=["a", "b", "c", "d"])
+      "epoch 1", class_names=names)
   assert_png(out_2d)
   assert_png(out_3d)
-  # Two-dimensional embeddings and many classes (no legend) still plot.
+  assert_pca_points(plot_data(out_2d), "epoch 1 (PCA 2-D)", embeddings, labels, names, 2)
+  assert_pca_points(plot_data(out_3d), "epoch 1 (PCA 3-D)", embeddings, labels, names, 3)
+  # Two-dimensional embeddings and many classes (no legend) still plot; the third axis is 0.
   flat = np.random.default_rng(3).standard_normal((50, 2))
   out_2d, out_3d = exports.plot_pca(
       flat, np.arange(50), tmp_path / "f2.png", tmp_path / "f3.png", "flat")
   assert_png(out_2d)
   assert_png(out_3d)
+  names = [str(label) for label in range(50)]
+  assert_pca_points(plot_data(out_2d), "flat (PCA 2-D)", flat, np.arange(50), names, 2)
+  assert_pca_points(plot_data(out_3d), "flat (PCA 3-D)", flat, np.arange(50), names, 3)
 
 
 def test_plot_training_curves(tmp_path):
@@ -150,15 +197,38 @@ def test_plot_training_curves(tmp_path):
   }
   out_path = exports.plot_training_curves(runs, tmp_path / "curves.png")
   assert_png(out_path)
-  # Nothing to plot at all still gives an (annotated) figure.
-  assert_png(exports.plot_training_curves({"empty": []}, tmp_path / "empty.png"))
+  steps = np.arange(10.0)
+  expected = {
+      ("loss", "semihard"): 1.0 / (steps + 1),
+      ("loss", "hard"): 2.0 / (steps + 1),
+      ("fraction of active triplets", "semihard"): np.full(10, 0.5),
+      ("fraction of active triplets", "hard"): np.full(10, 0.9),
+      ("mean embedding norm (before normalisation)", "semihard"): 3.0 + steps,
+  }
+  data = plot_data(out_path)
+  assert set(data) == set(expected)  # No norm curve for "hard"; its step-less record dropped.
+  for key, values in expected.items():
+    np.testing.assert_allclose(data[key], np.stack([steps, values], axis=1), err_msg=str(key))
+  # Nothing to plot at all still gives an (annotated) figure, and a CSV of no points.
+  empty = exports.plot_training_curves({"empty": []}, tmp_path / "empty.png")
+  assert_png(empty)
+  assert plot_data(empty) == {}
 
 
 def test_plot_eval_history(tmp_path):
   records = [
       {"step": 100 * i, "precision_at_1": 0.1 * i, "map_at_r": 0.05 * i} for i in range(5)
   ] + [{"step": 600, "precision_at_1": 0.6}]
-  assert_png(exports.plot_eval_history(records, tmp_path / "eval.png"))
+  out_path = exports.plot_eval_history(records, tmp_path / "eval.png")
+  assert_png(out_path)
+  data = plot_data(out_path)
+  panel = "retrieval metrics during training"
+  assert set(data) == {(panel, "precision@1"), (panel, "MAP@R")}
+  np.testing.assert_allclose(data[panel, "precision@1"],
+                             [[0, 0.0], [100, 0.1], [200, 0.2], [300, 0.3], [400, 0.4],
+                              [600, 0.6]])
+  np.testing.assert_allclose(data[panel, "MAP@R"],
+                             [[0, 0.0], [100, 0.05], [200, 0.1], [300, 0.15], [400, 0.2]])
 
 
 def test_write_report(tmp_path):

@@ -1,11 +1,14 @@
 """Tests for the vectorised NumPy baselines of the benchmark (`benchmarks.numpy_vectorized`).
 
 Values must match the loop reference `tripletjax.reference`, and the analytic gradients must
-match central finite differences of the reference (float64, so the differences are accurate).
+match central finite differences of the reference (float64, so the differences are accurate)
+and, on batches with ties, the gradient of the tests' oracle (`mining_oracle`). The baselines
+import nothing from the package, so their agreement with it is that of two implementations.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -20,6 +23,7 @@ _REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 if _REPO_ROOT not in sys.path:
   sys.path.insert(0, _REPO_ROOT)
 
+import mining_oracle  # noqa: E402
 from benchmarks import numpy_vectorized  # noqa: E402
 from tripletjax import losses  # noqa: E402
 from tripletjax import reference  # noqa: E402
@@ -116,6 +120,26 @@ def test_duplicate_embeddings_and_ties_give_finite_gradients(loss_name):
   assert np.all(np.isfinite(gradient))
 
 
+@pytest.mark.parametrize("loss_name", ["semihard", "batch_all"])
+def test_sorting_baselines_resolve_ties_like_the_package(loss_name):
+  # Integer coordinates: exact distances with many ties (positives level with negatives,
+  # negatives level with each other). The gradient then follows the package's tie rules,
+  # which the float64 oracle of the tests implements independently.
+  rng = np.random.default_rng(12)
+  labels = rng.integers(0, 4, size=40).astype(np.int32)
+  embeddings = mining_oracle.integer_grid(rng, 40, dim=4)
+  distances = mining_oracle.distances(embeddings, "l2")
+  mining_oracle.check_exact_decisions(distances, [1.0])
+  mined = mining_oracle.MINERS[loss_name](labels, distances, 1.0)
+  expected = mining_oracle.embedding_gradient(embeddings, distances, mined.distance_gradient,
+                                              "l2")
+  loss, gradient = numpy_vectorized.FORWARD_AND_BACKWARD[loss_name](labels, embeddings, 1.0)
+  np.testing.assert_allclose(loss, mined.loss, rtol=1e-6)
+  np.testing.assert_allclose(numpy_vectorized.FORWARD[loss_name](labels, embeddings, 1.0),
+                             mined.loss, rtol=1e-6)
+  np.testing.assert_allclose(gradient, expected, rtol=1e-5, atol=1e-7)
+
+
 def test_no_positive_pair_gives_zero_loss_and_gradient():
   labels, embeddings = _batch(12, 1000, seed=8)
   labels = np.arange(12, dtype=np.int32)
@@ -143,6 +167,18 @@ def test_matches_jax_losses_on_a_larger_batch(loss_name):
   np.testing.assert_allclose(gradient, np.asarray(jax_gradient), rtol=1e-3, atol=1e-6)
 
 
+def test_baseline_imports_nothing_from_the_package():
+  # Agreement with the JAX losses means something only if the two share no code.
+  import ast
+
+  tree = ast.parse(Path(numpy_vectorized.__file__).read_text())
+  imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+              for alias in node.names]
+  imported += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+  assert "numpy" in imported
+  assert not [name for name in imported if name.split(".")[0] == "tripletjax"], imported
+
+
 def test_rejects_bad_inputs():
   labels, embeddings = _batch(4, 2)
   with pytest.raises(ValueError):
@@ -153,19 +189,48 @@ def test_rejects_bad_inputs():
     numpy_vectorized.batch_all_triplet_loss(labels.astype(np.float32), embeddings)
 
 
+def assert_case_is_consistent(case, loss_name):
+  """The figures of one benchmark case follow from its own measurements and inputs."""
+  from benchmarks import miners
+
+  for name in ("jax", "numpy"):
+    runs = case[f"{name}_runs_ms"]
+    assert 3 <= len(runs) <= 20 and min(runs) > 0, name
+    assert case[f"{name}_ms"] == pytest.approx(float(np.median(runs)), rel=1e-12), name
+  assert case["numpy_speedup"] == pytest.approx(case["numpy_ms"] / case["jax_ms"], rel=1e-12)
+  # Both losses are the reference's loss of the case's inputs.
+  labels, embeddings = miners.make_inputs(case["batch_size"], case["dim"], case["classes"])
+  expected = REFERENCE_LOSSES[loss_name](labels, embeddings, miners.MARGIN)
+  assert expected > 0.1  # Something to compare.
+  for name in ("jax_loss", "numpy_loss"):
+    np.testing.assert_allclose(case[name], expected, rtol=1e-5, err_msg=name)
+  assert case["loss_relative_difference"] == pytest.approx(
+      abs(case["jax_loss"] - case["numpy_loss"]) / abs(case["jax_loss"]), rel=1e-9, abs=1e-15)
+  if case["mode"] == "forward+backward":
+    assert case["grad_max_abs"] > 1e-3
+    assert case["grad_max_abs_difference"] <= 1e-5 * case["grad_max_abs"]
+
+
 def test_benchmark_script_runs_and_writes_json(tmp_path, capsys):
   from benchmarks import miners
 
   out = tmp_path / "miners.json"
   results = miners.main(["--batch-sizes", "16", "--dims", "4", "--losses", "hard",
                          "--memory", "xla", "--min-time", "0.001", "--out", str(out)])
-  assert out.exists() and len(results["cases"]) == 2
+  assert json.loads(out.read_text())["cases"] == json.loads(json.dumps(results["cases"]))
+  assert [(case["mode"], case["batch_size"], case["dim"]) for case in results["cases"]] == [
+      ("forward", 16, 4), ("forward+backward", 16, 4)]
   for case in results["cases"]:
-    assert case["jax_ms"] > 0 and case["numpy_ms"] > 0
-    assert case["loss_relative_difference"] < 1e-5
-  assert results["cases"][0]["reference_ms"] is not None  # forward, B <= 256
-  assert results["cases"][1]["reference_ms"] is None      # forward+backward: no reference
-  assert "| hard | forward | 16 | 4 |" in capsys.readouterr().out
+    assert_case_is_consistent(case, "hard")
+  forward, backward = results["cases"]
+  assert forward["reference_loss"] == pytest.approx(forward["jax_loss"], rel=1e-5)  # B <= 256
+  assert forward["reference_speedup"] == pytest.approx(
+      forward["reference_ms"] / forward["jax_ms"], rel=1e-12)
+  assert backward["reference_ms"] is None  # forward+backward: the reference has no gradient.
+  # The printed table shows the measured times.
+  assert (f"| hard | forward | 16 | 4 | {forward['jax_ms']:.1f} | "
+          f"{forward['jax_compile_s']:.2f} | {forward['numpy_ms']:.1f} | "
+          f"{forward['reference_ms']:.1f} |") in capsys.readouterr().out
 
 
 def test_benchmark_script_times_the_xla_mining_backend(tmp_path):
@@ -177,4 +242,7 @@ def test_benchmark_script_times_the_xla_mining_backend(tmp_path):
                          "--out", str(tmp_path / "miners.json")])
   assert results["config"]["mining_backend"] == "xla"
   (case,) = results["cases"]
-  assert case["loss_relative_difference"] < 1e-5 and case["memory"]["peak_rss_mb"] > 0
+  assert_case_is_consistent(case, "semihard")
+  # A child process that imported JAX and ran the case: far above an empty interpreter's 10 MB.
+  assert case["memory"]["peak_rss_mb"] > 50
+  assert case["peak_mb"] == case["memory"]["peak_rss_mb"]

@@ -133,6 +133,47 @@ def test_balanced_errors_name_the_small_classes():
     samplers.ClassBalancedBatches(labels, 2, 1, seed=0, steps_per_epoch=0)
 
 
+# --- every sampler kind: epoch(e) is a pure function of (seed, e) -----------------------------
+
+
+def make_any_sampler(kind: str, seed: int = 3):
+  """A sampler of `kind` on the imbalanced labels; 12 = P x K fits both kinds."""
+  return samplers.make_sampler(kind, IMBALANCED_LABELS, batch_size=12, classes_per_batch=4,
+                               samples_per_class=3, seed=seed)
+
+
+@pytest.mark.parametrize("kind", samplers.SAMPLER_KINDS)
+def test_every_sampler_draws_an_epoch_independently_of_earlier_draws(kind):
+  # Resuming at epoch e builds a new sampler and draws e first. A sampler that carried its RNG
+  # (or any state) from one epoch into the next would give another epoch e than a run that
+  # drew 0 .. e-1 before it; so would one whose epochs share a generator while both iterate.
+  fresh = {epoch: np.stack(epoch_batches(make_any_sampler(kind), epoch)) for epoch in range(4)}
+  assert len({batches.tobytes() for batches in fresh.values()}) == 4  # Epochs differ.
+  for order in ([0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 0, 1, 2]):
+    sampler = make_any_sampler(kind)
+    for epoch in order:
+      np.testing.assert_array_equal(np.stack(epoch_batches(sampler, epoch)), fresh[epoch],
+                                    err_msg=f"{kind}: epoch {epoch} after {order}")
+  # Two epochs iterated at once, interleaved batch by batch.
+  sampler = make_any_sampler(kind)
+  first, second = sampler.epoch(1), sampler.epoch(2)
+  interleaved = [(next(first), next(second)) for _ in range(len(sampler))]
+  np.testing.assert_array_equal(np.stack([a for a, _ in interleaved]), fresh[1], err_msg=kind)
+  np.testing.assert_array_equal(np.stack([b for _, b in interleaved]), fresh[2], err_msg=kind)
+  # A partly drawn epoch leaves the next one alone.
+  sampler = make_any_sampler(kind)
+  next(sampler.epoch(0))
+  np.testing.assert_array_equal(np.stack(epoch_batches(sampler, 3)), fresh[3], err_msg=kind)
+
+
+@pytest.mark.parametrize("kind", samplers.SAMPLER_KINDS)
+def test_every_sampler_depends_on_its_seed(kind):
+  np.testing.assert_array_equal(np.stack(epoch_batches(make_any_sampler(kind, seed=3), 1)),
+                                np.stack(epoch_batches(make_any_sampler(kind, seed=3), 1)))
+  assert not np.array_equal(np.stack(epoch_batches(make_any_sampler(kind, seed=3), 1)),
+                            np.stack(epoch_batches(make_any_sampler(kind, seed=4), 1)))
+
+
 # --- make_sampler ------------------------------------------------------------------------------
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
 import subprocess
 import sys
 
-import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -77,6 +77,11 @@ def test_end_to_end_writes_every_export_and_compares_sibling_runs(tmp_path):
   for record in records:
     assert np.isfinite(record["loss"]) and 0.0 <= record["fraction_active"] <= 1.0
     assert record["embedding_norm"] > 0
+  # The training curves plot this run's logged losses, point for point (the CSV beside them).
+  with open(workdir / "plots" / "training_curves.csv", newline="") as curves:
+    plotted = [(float(row["x"]), float(row["y"])) for row in csv.DictReader(curves)
+               if row["panel"] == "loss" and row["series"] == "digits-semihard"]
+  assert plotted == [(record["step"], record["loss"]) for record in records]
   vecs = (workdir / "projector" / "vecs.tsv").read_text().strip().splitlines()
   assert len(vecs) == 100 and len(vecs[0].split("\t")) == 16
 
@@ -153,13 +158,21 @@ def test_shard_batch_places_the_global_batch():
   np.testing.assert_array_equal(np.asarray(sharded_images), images)
   np.testing.assert_array_equal(np.asarray(sharded_labels), labels)
   assert sharded_images.sharding.spec[0] == "data"
-  assert len(jax.devices()) >= 1
+  # Every device of the mesh holds its contiguous slice of the rows, and only that slice
+  # (four devices: tests/test_sharding.py).
+  assert sharded_images.sharding.device_set == set(mesh.devices.flat)
+  rows_per_device = 8 // mesh.devices.size
+  for array, local in ((sharded_images, images), (sharded_labels, labels)):
+    for shard in array.addressable_shards:
+      position = list(mesh.devices.flat).index(shard.device)
+      assert shard.index[0].indices(8)[:2] == (position * rows_per_device,
+                                               (position + 1) * rows_per_device)
+      np.testing.assert_array_equal(np.asarray(shard.data), local[shard.index])
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
-                    reason="Debian's dataset-fashion-mnist is not installed")
-def test_fashion_mnist_smoke(tmp_path):
+def test_fashion_mnist_smoke(tmp_path, fashion_mnist_dir):
+  del fashion_mnist_dir  # The config reads it.
   # configs/fashion_mnist.py as committed (BatchNorm CNN, forward chunks, ...), on a subset.
   config = load_config_module("fashion_mnist").get_config()
   config.data.max_train, config.data.max_test, config.num_epochs = 512, 256, 1

@@ -2,11 +2,14 @@
 
 Everything here runs on host NumPy arrays and plain Python records. Plots use matplotlib's
 non-interactive Agg backend (headless machines), are written as PNG at a modest dpi, and
-every figure is closed after saving so long runs do not accumulate them.
+every figure is closed after saving so long runs do not accumulate them. Beside every PNG a
+CSV of the same name holds the data series read back from the figure's lines and scatter
+points (`PLOT_DATA_COLUMNS`), so the numbers behind a plot can be reused and checked.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -35,6 +38,9 @@ _TRAINING_PANELS = (
     ("embedding_norm", "mean embedding norm (before normalisation)"),
 )
 _EVAL_CURVES = (("precision_at_1", "precision@1"), ("map_at_r", "MAP@R"))
+# The columns of the CSV beside every plot: one row per plotted point; panel is the axes'
+# title, series the line's or scatter's legend label, z empty in 2-D.
+PLOT_DATA_COLUMNS = ("panel", "series", "x", "y", "z")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -74,11 +80,41 @@ def _tsv_cell(value) -> str:
   return str(value).replace("\t", " ").replace("\r", " ").replace("\n", " ")
 
 
+def _plotted_points(figure):
+  """(panel, series, x, y, z) of every point of the figure's lines and scatter plots."""
+  for axes in figure.axes:
+    panel = axes.get_title()
+    for artist in [*axes.lines, *axes.collections]:
+      if hasattr(artist, "get_data_3d"):  # A line in 3-D axes.
+        coordinates = artist.get_data_3d()
+      elif hasattr(artist, "_offsets3d"):  # Scatter points in 3-D axes.
+        coordinates = artist._offsets3d
+      elif hasattr(artist, "get_xydata"):
+        coordinates = artist.get_xydata().T
+      else:
+        coordinates = np.asarray(artist.get_offsets()).T
+      columns = [np.asarray(c, dtype=np.float64).reshape(-1) for c in coordinates]
+      if len(columns) == 2:
+        columns.append([""] * len(columns[0]))
+      for x, y, z in zip(*columns):
+        yield panel, artist.get_label(), float(x), float(y), "" if z == "" else float(z)
+
+
+def plot_data_path(png_path) -> str:
+  """The CSV written beside the PNG `png_path`: the same name with .csv."""
+  return os.path.splitext(os.fspath(png_path))[0] + ".csv"
+
+
 def _save_figure(figure, out_path) -> str:
+  """Writes the PNG and, beside it, the CSV of its data series; closes the figure."""
   out_path = os.fspath(out_path)
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
   try:
     figure.savefig(out_path, dpi=DPI, bbox_inches="tight")
+    with open(plot_data_path(out_path), "w", newline="", encoding="utf-8") as data_file:
+      writer = csv.writer(data_file)
+      writer.writerow(PLOT_DATA_COLUMNS)
+      writer.writerows(_plotted_points(figure))
   finally:
     plt.close(figure)
   return out_path
@@ -262,8 +298,9 @@ def plot_pca(
   Args:
     embeddings: [N, D] embeddings.
     labels: [N] class ids.
-    out_path_2d: PNG path of the 2-D plot.
-    out_path_3d: PNG path of the 3-D plot.
+    out_path_2d: PNG path of the 2-D plot (its points go to the CSV beside it, one series per
+      class).
+    out_path_3d: PNG path of the 3-D plot (and its CSV).
     title: figure title (e.g. "epoch 3").
     class_names: optional names for the legend, indexed or keyed by label. The legend lists
       at most 20 classes.
@@ -333,7 +370,7 @@ def plot_training_curves(runs: Mapping[str, Sequence[Mapping]], out_path) -> str
   Args:
     runs: run name -> its metric records (dicts with `step`, `loss`, `fraction_active`,
       `embedding_norm`, optionally `epoch`), in logging order.
-    out_path: PNG path.
+    out_path: PNG path; the CSV beside it holds every curve (panel, run, step, value).
 
   Returns:
     out_path.
@@ -366,7 +403,7 @@ def plot_eval_history(records: Sequence[Mapping], out_path) -> str:
   Args:
     records: evaluation records (dicts with `step`, `precision_at_1`, `map_at_r`); records
       missing a key are skipped for that curve.
-    out_path: PNG path.
+    out_path: PNG path; the CSV beside it holds both curves (metric, step, value).
 
   Returns:
     out_path.
