@@ -24,6 +24,7 @@ negative, so its pairs fall back to the entry just before the run (the farthest 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import os
 from typing import NamedTuple
 
@@ -147,6 +148,21 @@ def _thread_pool():
   return _pool
 
 
+def _quiet_float_errors(fn):
+  """Runs `fn` without NumPy's overflow and invalid-value warnings.
+
+  Infinite distances (from non-finite embeddings, whose loss is NaN anyway: see `losses`) make
+  inf - inf and float32 overflows; they must not print warnings on every training step. A fresh
+  `errstate` per call: the mining threads run concurrently.
+  """
+  @functools.wraps(fn)
+  def quiet(*args, **kwargs):
+    with np.errstate(over="ignore", invalid="ignore"):
+      return fn(*args, **kwargs)
+  return quiet
+
+
+@_quiet_float_errors
 def _semihard_rows(distances, same, anchor_columns, margin, gradient):
   """Totals of some full rows (no padding); writes their gradient rows if `gradient` is given.
 
@@ -185,6 +201,7 @@ def _semihard_rows(distances, same, anchor_columns, margin, gradient):
           positive_distance.sum(dtype=np.float64), negative_distance.sum(dtype=np.float64))
 
 
+@_quiet_float_errors
 def semihard_sums(distances: np.ndarray, same: np.ndarray, anchor_index: np.ndarray,
                   margin: np.ndarray, with_gradient: bool) -> SemiHardTotals:
   """Semi-hard hinge sums over the positive pairs of a block of anchors (TFA semantics).

@@ -10,7 +10,14 @@ deliberate differences that only remove failures:
 
 Every mined loss takes `return_stats=True` to return `(loss, stats)`, where `stats` is a dict of
 float32/int32 scalars describing the mining (fraction of active triplets, fallbacks, ...).
-Memory is O(B^2) throughout; nothing is NaN, gradients included.
+Memory is O(B^2) throughout; on finite inputs nothing is NaN, gradients included.
+
+NaN in gives NaN out: when any embedding entry is NaN or infinite, every loss returns NaN, its
+gradient is NaN in every row, and so is every floating-point statistic (the integer counts are
+then meaningless). A miner alone would hide a diverged model: it treats a NaN distance as
+some number, so the semi-hard loss of a batch with one NaN row came out finite while its
+gradient was NaN. The check is one `isfinite` reduction over the embeddings; on finite inputs
+values and gradients are bit-for-bit what they are without it.
 
 References:
   Schroff et al., "FaceNet: A Unified Embedding for Face Recognition and Clustering", 2015.
@@ -39,12 +46,45 @@ _BLOCK_ENTRIES = 2048 * 2048
 
 
 def _prepare(labels, embeddings, margin, metric):
-  """Checks the inputs; returns (labels, input dtype, float32 embeddings, float32 margin)."""
+  """Checks the inputs.
+
+  Returns:
+    (labels, input dtype, float32 embeddings, float32 margin, finite): `finite` says whether
+    every embedding entry is finite (see `_poison_unless_finite`).
+  """
   labels, embeddings = validation.check_labels_and_embeddings(labels, embeddings)
   validation.check_metric(metric)
   validation.check_margin(margin)
-  return (labels, embeddings.dtype, embeddings.astype(jnp.float32),
-          jnp.asarray(margin, jnp.float32))
+  (float_embeddings,), finite = _poison_unless_finite(embeddings.astype(jnp.float32))
+  return (labels, embeddings.dtype, float_embeddings, jnp.asarray(margin, jnp.float32), finite)
+
+
+def _poison_unless_finite(*arrays):
+  """`(arrays, finite)`: the arrays unchanged, but their gradients NaN unless all are finite.
+
+  `finite` says whether every entry of every array is finite; the losses select NaN for their
+  value when it is not (`_finish`), because a miner need not turn a NaN distance into a NaN
+  loss, and this makes the gradient of every input NaN as well (a `where` alone would give
+  zeros). The forward values are untouched, so finite inputs give the same bits as without it.
+  """
+  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
+  return tuple(_nan_gradient_unless(a, finite) for a in arrays), finite
+
+
+@jax.custom_jvp
+def _nan_gradient_unless(x, finite):
+  """The identity, whose derivative is NaN unless `finite` (a traced bool)."""
+  del finite
+  return x
+
+
+@_nan_gradient_unless.defjvp
+def _nan_gradient_unless_jvp(primals, tangents):
+  x, finite = primals
+  scale = jnp.where(finite, 1.0, jnp.nan).astype(x.dtype)
+  # The barrier keeps XLA from fusing the scaling into the gradient's computation, which could
+  # change its rounding.
+  return x, jax.lax.optimization_barrier(tangents[0]) * scale
 
 
 def _over_anchor_blocks(block_fn, embeddings, metric, *, recompute_block: bool):
@@ -106,9 +146,14 @@ def _safe_mean(total, count):
   return jnp.where(count > 0, total / jnp.maximum(count, 1.0), 0.0)
 
 
-def _finish(loss, dtype, stats, return_stats):
-  loss = loss.astype(dtype)
-  return (loss, stats) if return_stats else loss
+def _finish(loss, dtype, stats, return_stats, finite):
+  """The loss in `dtype`, and the stats; NaN loss and float stats unless the inputs were finite."""
+  nan_unless_finite = lambda x: jnp.where(finite, x, jnp.nan)
+  loss = nan_unless_finite(loss).astype(dtype)
+  if not return_stats:
+    return loss
+  return loss, {name: nan_unless_finite(value) if jnp.issubdtype(value.dtype, jnp.floating)
+                else value for name, value in stats.items()}
 
 
 def _check_backend(backend: str) -> None:
@@ -139,7 +184,7 @@ def triplet_semihard_loss(labels, embeddings, margin=1.0, metric: str = "l2",
     `num_positive_pairs`, `fraction_active`, `num_fallback` (pairs that used the farthest
     negative), `mean_positive_distance`, `mean_negative_distance`.
   """
-  labels, dtype, embeddings, margin = _prepare(labels, embeddings, margin, metric)
+  labels, dtype, embeddings, margin, finite = _prepare(labels, embeddings, margin, metric)
   _check_backend(mining_backend)
   sums_fn = functools.partial(mining.semihard_sums, backend=mining_backend)
   sums = _sum_over_anchor_blocks(sums_fn, labels, embeddings, margin, metric)
@@ -154,7 +199,7 @@ def triplet_semihard_loss(labels, embeddings, margin=1.0, metric: str = "l2",
         "mean_positive_distance": _safe_mean(sums.positive_distance_sum, num_pairs),
         "mean_negative_distance": _safe_mean(sums.negative_distance_sum, num_pairs),
     }
-  return _finish(loss, dtype, stats, return_stats)
+  return _finish(loss, dtype, stats, return_stats, finite)
 
 
 def triplet_hard_loss(labels, embeddings, margin=1.0, soft: bool = False, metric: str = "l2",
@@ -169,7 +214,7 @@ def triplet_hard_loss(labels, embeddings, margin=1.0, soft: bool = False, metric
     Scalar loss, or `(loss, stats)` with stats keys `num_valid_anchors` (with a positive and a
     negative), `fraction_active`, `mean_positive_distance`, `mean_negative_distance`.
   """
-  labels, dtype, embeddings, margin = _prepare(labels, embeddings, margin, metric)
+  labels, dtype, embeddings, margin, finite = _prepare(labels, embeddings, margin, metric)
   hardest = _map_over_anchor_blocks(mining.hardest_pairs, labels, embeddings, metric)
   gap = hardest.positive_distance - hardest.negative_distance
   per_anchor = jax.nn.softplus(gap) if soft else jnp.maximum(gap + margin, 0.0)
@@ -183,7 +228,7 @@ def triplet_hard_loss(labels, embeddings, margin=1.0, soft: bool = False, metric
         "mean_positive_distance": jnp.mean(hardest.positive_distance),
         "mean_negative_distance": jnp.mean(hardest.negative_distance),
     }
-  return _finish(loss, dtype, stats, return_stats)
+  return _finish(loss, dtype, stats, return_stats, finite)
 
 
 def batch_all_triplet_loss(labels, embeddings, margin=1.0, metric: str = "l2",
@@ -198,7 +243,7 @@ def batch_all_triplet_loss(labels, embeddings, margin=1.0, metric: str = "l2",
     Scalar loss, or `(loss, stats)` with stats keys `num_valid_triplets`,
     `num_active_triplets`, `fraction_active` (active / valid).
   """
-  labels, dtype, embeddings, margin = _prepare(labels, embeddings, margin, metric)
+  labels, dtype, embeddings, margin, finite = _prepare(labels, embeddings, margin, metric)
   _check_backend(mining_backend)
   sums_fn = functools.partial(mining.batch_all_sums, backend=mining_backend)
   sums = _sum_over_anchor_blocks(sums_fn, labels, embeddings, margin, metric)
@@ -211,7 +256,7 @@ def batch_all_triplet_loss(labels, embeddings, margin=1.0, metric: str = "l2",
         "num_active_triplets": num_active,
         "fraction_active": _safe_mean(num_active, num_valid),
     }
-  return _finish(loss, dtype, stats, return_stats)
+  return _finish(loss, dtype, stats, return_stats, finite)
 
 
 def _contrastive_terms(same, distance, margin):
@@ -230,7 +275,7 @@ def contrastive_loss(labels, embeddings, margin=1.0, metric: str = "l2",
     Scalar loss, or `(loss, stats)` with stats keys `num_positive_pairs`, `num_negative_pairs`
     and `fraction_active` (pairs with a non-zero term).
   """
-  labels, dtype, embeddings, margin = _prepare(labels, embeddings, margin, metric)
+  labels, dtype, embeddings, margin, finite = _prepare(labels, embeddings, margin, metric)
   distances = distances_lib.pairwise_distances(embeddings, metric=metric)
   masks = mining.label_masks(labels)
   upper = jnp.triu(jnp.ones(distances.shape, bool), k=1)
@@ -244,7 +289,7 @@ def contrastive_loss(labels, embeddings, margin=1.0, metric: str = "l2",
         "num_negative_pairs": jnp.sum(upper & masks.negative, dtype=jnp.int32),
         "fraction_active": _safe_mean(jnp.sum(upper & (terms > 0)), num_pairs),
     }
-  return _finish(loss, dtype, stats, return_stats)
+  return _finish(loss, dtype, stats, return_stats, finite)
 
 
 def contrastive_pair_loss(same, left, right, margin=1.0):
@@ -269,10 +314,11 @@ def contrastive_pair_loss(same, left, right, margin=1.0):
   if not (jnp.issubdtype(same.dtype, jnp.integer) or same.dtype == jnp.bool_):
     raise TypeError(f"same must hold 0/1 integers or booleans, got dtype {same.dtype}.")
   validation.check_margin(margin)
-  difference = left.astype(jnp.float32) - right.astype(jnp.float32)
-  distance = distances_lib._safe_sqrt(jnp.sum(difference**2, axis=1))
+  (left32, right32), finite = _poison_unless_finite(left.astype(jnp.float32),
+                                                    right.astype(jnp.float32))
+  distance = distances_lib._safe_sqrt(jnp.sum((left32 - right32) ** 2, axis=1))
   loss = jnp.mean(_contrastive_terms(same.astype(bool), distance, margin))
-  return loss.astype(left.dtype)
+  return _finish(loss, left.dtype, None, False, finite)
 
 
 def triplet_loss(anchor, positive, negative, margin=0.5):
@@ -291,11 +337,12 @@ def triplet_loss(anchor, positive, negative, margin=0.5):
     raise ValueError("anchor, positive and negative must have the same shape, got "
                      f"{anchor.shape}, {positive.shape} and {negative.shape}.")
   validation.check_margin(margin)
-  a, p, n = (t.astype(jnp.float32) for t in (anchor, positive, negative))
+  (a, p, n), finite = _poison_unless_finite(
+      *(t.astype(jnp.float32) for t in (anchor, positive, negative)))
   positive_distance = jnp.sum((a - p) ** 2, axis=1)
   negative_distance = jnp.sum((a - n) ** 2, axis=1)
   loss = jnp.mean(jnp.maximum(positive_distance - negative_distance + margin, 0.0))
-  return loss.astype(anchor.dtype)
+  return _finish(loss, anchor.dtype, None, False, finite)
 
 
 # Mined losses by name, as configs refer to them. Each takes (labels, embeddings, **options).
