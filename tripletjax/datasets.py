@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import math
 import os
 import socket
 import struct
 import zlib
 
 import numpy as np
+
+from tripletjax import errors
 
 FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
@@ -47,6 +50,9 @@ IDX_DTYPES = {
     0x0E: np.dtype(">f8"),
 }
 DIGITS_TEST_FRACTION = 0.25
+# An IDX header that claims more data than this is no IDX file's (nor a truncated one's): the
+# bytes are something else, such as a labels file with a wrong number of dimensions.
+IDX_MAX_BYTES = 2**40
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: `==` on arrays has no single truth.
@@ -110,18 +116,21 @@ def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0,
   Returns:
     The dataset.
 
-  Raises:
-    ValueError: unknown name, or malformed files.
-    FileNotFoundError: missing IDX files (the message says how to get them).
-    ImportError: a tfds: name without tensorflow-datasets installed.
-    RuntimeError: a tfds dataset that is not prepared and cannot be downloaded here.
+  Raises (all `errors.UserError`s, which `main` prints as one line):
+    errors.DataError (a ValueError): unknown name, or malformed or unreadable files.
+    errors.DataNotFoundError (a FileNotFoundError): missing IDX files (the message says how to
+      get them).
+    errors.MissingDependencyError (an ImportError): a tfds: name without tensorflow-datasets.
+    errors.DataUnavailableError (a RuntimeError): a tfds dataset that is not prepared and
+      cannot be downloaded here.
+    errors.ConfigError (a ValueError): max_train or max_test < 1.
   """
   if name == "digits":
     dataset = _load_digits(seed)
   elif name == "fashion_mnist":
     if data_dir is None:
       if not os.path.isdir(FASHION_MNIST_DEBIAN_DIR):
-        raise FileNotFoundError(
+        raise errors.DataNotFoundError(
             f"Fashion-MNIST not found at {FASHION_MNIST_DEBIAN_DIR}. Install it with "
             "`apt-get install dataset-fashion-mnist`, or pass data_dir= a folder holding "
             f"{_idx_file_list()}.")
@@ -135,7 +144,7 @@ def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0,
   elif name.startswith(TFDS_PREFIX) and len(name) > len(TFDS_PREFIX):
     dataset = _load_tfds(name[len(TFDS_PREFIX):], data_dir)
   else:
-    raise ValueError(f"Unknown dataset {name!r}; expected one of {DATASET_NAMES}.")
+    raise errors.DataError(f"Unknown dataset {name!r}; expected one of {DATASET_NAMES}.")
   return dataclasses.replace(
       dataset,
       train=_subsample(dataset.train, max_train, seed, "max_train"),
@@ -183,11 +192,12 @@ def read_idx(path: str) -> np.ndarray:
   big-endian uint32, then the values in C order, big-endian.
 
   Raises:
-    FileNotFoundError: `path` does not exist.
-    ValueError: a bad magic number, an unknown type code, or a truncated (or too long) file.
+    errors.DataNotFoundError (a FileNotFoundError): `path` does not exist.
+    errors.DataError (a ValueError): not an IDX file (a bad magic number or a header that
+      does not match the data), a truncated file, or one that cannot be read.
   """
   if not os.path.exists(path):
-    raise FileNotFoundError(f"No such IDX file: {path}")
+    raise errors.DataNotFoundError(f"No such IDX file: {path}")
   try:
     if path.endswith(".gz"):
       with gzip.open(path, "rb") as f:
@@ -196,31 +206,47 @@ def read_idx(path: str) -> np.ndarray:
       with open(path, "rb") as f:
         content = f.read()
   except (EOFError, gzip.BadGzipFile, zlib.error) as error:  # A truncated or corrupt gzip.
-    raise ValueError(f"{path}: corrupt or truncated gzip file ({error}).") from error
+    raise errors.DataError(f"{path}: corrupt or truncated gzip file ({error}).") from error
+  except OSError as error:  # A folder, no permission, an I/O error.
+    raise errors.DataError(f"{path}: cannot read it ({error.strerror or error}).") from error
   return parse_idx(content, path)
 
 
 def parse_idx(content: bytes, source: str = "<bytes>") -> np.ndarray:
-  """Parses the bytes of an IDX file (see `read_idx`); `source` names it in errors."""
+  """Parses the bytes of an IDX file (see `read_idx`); `source` names it in errors.
+
+  Raises:
+    errors.DataError (a ValueError): "<source>: not an IDX file (...)" for a bad magic number
+      or a header that does not match the data, or "<source>: truncated IDX file ...".
+  """
   if len(content) < 4:
-    raise ValueError(f"{source}: truncated IDX file, {len(content)} bytes is shorter than the "
-                     "4-byte magic number.")
+    raise errors.DataError(f"{source}: truncated IDX file, {len(content)} bytes is shorter "
+                           "than the 4-byte magic number.")
   zero, type_code, num_dims = struct.unpack(">HBB", content[:4])
   if zero != 0 or type_code not in IDX_DTYPES:
-    raise ValueError(f"{source}: bad IDX magic number 0x{content[:4].hex()}; expected "
-                     "0x0000 followed by a type code (0x08 for uint8) and the number of "
-                     "dimensions. Is it an IDX file (gzip-compressed ones must end in .gz)?")
+    if content[:2] == b"\x1f\x8b":
+      why = "it is gzip-compressed: its name must end in .gz"
+    else:
+      why = ("expected 0x0000, a type code such as 0x08 for uint8, then the number of "
+             "dimensions")
+    raise errors.DataError(f"{source}: not an IDX file (bad IDX magic number "
+                           f"0x{content[:4].hex()}; {why}).")
   header_size = 4 + 4 * num_dims
   if len(content) < header_size:
-    raise ValueError(f"{source}: truncated IDX file, {len(content)} bytes is shorter than the "
-                     f"{header_size}-byte header of {num_dims} dimensions.")
+    raise errors.DataError(f"{source}: truncated IDX file, {len(content)} bytes is shorter "
+                           f"than the {header_size}-byte header of {num_dims} dimensions.")
   shape = struct.unpack(f">{num_dims}I", content[4:header_size])
   dtype = IDX_DTYPES[type_code]
-  expected_size = header_size + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-  if len(content) != expected_size:
-    problem = "truncated" if len(content) < expected_size else "too long"
-    raise ValueError(f"{source}: {problem} IDX file, {len(content)} bytes where shape {shape} "
-                     f"of {dtype} needs {expected_size}.")
+  expected_size = header_size + math.prod(shape) * dtype.itemsize  # Python ints: no overflow.
+  if len(content) > expected_size or expected_size > IDX_MAX_BYTES:
+    problem = ("too long" if len(content) > expected_size
+               else "far more than any IDX file holds")
+    raise errors.DataError(
+        f"{source}: not an IDX file (inconsistent header: its shape {shape} of {dtype} needs "
+        f"{expected_size} bytes, the file has {len(content)}; {problem}).")
+  if len(content) < expected_size:
+    raise errors.DataError(f"{source}: truncated IDX file, {len(content)} bytes where shape "
+                           f"{shape} of {dtype} needs {expected_size}.")
   values = np.frombuffer(content, dtype=dtype, offset=header_size).reshape(shape)
   return values.astype(dtype.newbyteorder("="))
 
@@ -241,7 +267,7 @@ def _find_idx_file(data_dir: str, base_name: str, dataset_name: str) -> str:
   else:
     how = ("download the four MNIST IDX files into it, or leave data_dir=None to read tfds' "
            "'mnist'")
-  raise FileNotFoundError(
+  raise errors.DataNotFoundError(
       f"{dataset_name}: missing {os.path.join(data_dir, base_name + '.gz')} (or the "
       f"uncompressed {base_name}). data_dir must hold {_idx_file_list()}; {how}.")
 
@@ -254,23 +280,23 @@ def _load_idx_split(data_dir: str, split: str, dataset_name: str,
   images = read_idx(images_path)
   labels = read_idx(labels_path)
   if images.ndim != 3 or images.dtype != np.uint8:
-    raise ValueError(f"{images_path}: expected uint8 images [N, H, W], got {images.dtype} "
-                     f"{images.shape}.")
+    raise errors.DataError(f"{images_path}: expected uint8 images [N, H, W], got "
+                           f"{images.dtype} {images.shape}.")
   if labels.ndim != 1:
-    raise ValueError(f"{labels_path}: expected labels [N], got shape {labels.shape}.")
+    raise errors.DataError(f"{labels_path}: expected labels [N], got shape {labels.shape}.")
   if len(images) != len(labels):
-    raise ValueError(f"{dataset_name} {split}: {len(images)} images in {images_path} but "
-                     f"{len(labels)} labels in {labels_path}.")
+    raise errors.DataError(f"{dataset_name} {split}: {len(images)} images in {images_path} "
+                           f"but {len(labels)} labels in {labels_path}.")
   if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-    raise ValueError(f"{labels_path}: labels must be in [0, {num_classes}), got "
-                     f"[{labels.min()}, {labels.max()}].")
+    raise errors.DataError(f"{labels_path}: labels must be in [0, {num_classes}), got "
+                           f"[{labels.min()}, {labels.max()}].")
   return Split(_scale_uint8(images[..., np.newaxis]), labels.astype(np.int32))
 
 
 def _load_idx_dataset(name: str, data_dir: str, class_names: tuple[str, ...]) -> Dataset:
   if not os.path.isdir(data_dir):
-    raise FileNotFoundError(f"{name}: data_dir {data_dir} is not a folder; it must hold "
-                            f"{_idx_file_list()}.")
+    raise errors.DataNotFoundError(f"{name}: data_dir {data_dir} is not a folder; it must "
+                                   f"hold {_idx_file_list()}.")
   return Dataset(
       name=name,
       train=_load_idx_split(data_dir, "train", name, len(class_names)),
@@ -315,7 +341,7 @@ def _import_tfds():
   try:
     import tensorflow_datasets as tfds  # Optional dependency: imported only when needed.
   except ImportError as error:
-    raise ImportError(
+    raise errors.MissingDependencyError(
         "tfds: datasets need tensorflow-datasets: `pip install tensorflow-datasets` (TensorFlow "
         "itself is not needed to read prepared datasets). Offline, use 'digits' or "
         "'fashion_mnist'.") from error
@@ -329,14 +355,14 @@ def _load_tfds(tfds_name: str, data_dir: str | None) -> Dataset:
   except tfds.core.registered.DatasetNotFoundError as error:
     # tfds' own message lists hundreds of names; keep the first line.
     first_line = str(error).splitlines()[0]
-    raise ValueError(f"{first_line} See https://www.tensorflow.org/datasets/catalog for the "
-                     "names of tfds: datasets.") from error
+    raise errors.DataError(f"{first_line} See https://www.tensorflow.org/datasets/catalog for "
+                           "the names of tfds: datasets.") from error
   if not builder.is_prepared():
     _prepare_tfds(builder, tfds_name, data_dir)
   try:
     sources = builder.as_data_source(split=["train", "test"])
   except NotImplementedError as error:
-    raise RuntimeError(
+    raise errors.DataUnavailableError(
         f"tfds dataset {tfds_name!r} in {builder.data_dir} is prepared in a format without "
         "random access (TFRecord); prepare it with file_format='array_record' (as "
         "tfds.data_source does) in another data_dir.") from error
@@ -354,7 +380,7 @@ def _load_tfds(tfds_name: str, data_dir: str | None) -> Dataset:
 def _prepare_tfds(builder, tfds_name: str, data_dir: str | None) -> None:
   """Downloads and prepares a tfds dataset, in the random-access format data sources read."""
   if not _network_is_available():
-    raise RuntimeError(_offline_message(
+    raise errors.DataUnavailableError(_offline_message(
         tfds_name, data_dir,
         f"{_NETWORK_PROBE_ADDRESS[0]} cannot be reached to download it"))
   try:
@@ -363,17 +389,18 @@ def _prepare_tfds(builder, tfds_name: str, data_dir: str | None) -> None:
     if error.name != "tensorflow":
       # tensorflow-datasets 4.9.10 needs importlib_resources to prepare datasets but does not
       # declare it (etils >= 1.15 no longer brings it).
-      raise RuntimeError(f"Preparing tfds dataset {tfds_name!r} needs the module "
-                         f"{error.name!r}: `pip install {error.name}`.") from error
-    raise RuntimeError(
+      raise errors.DataUnavailableError(
+          f"Preparing tfds dataset {tfds_name!r} needs the module {error.name!r}: "
+          f"`pip install {error.name}`.") from error
+    raise errors.DataUnavailableError(
         f"Preparing tfds dataset {tfds_name!r} needs TensorFlow (its builder reads the "
         "downloaded files with tf.io), though reading it afterwards does not. Prepare it once "
         "where TensorFlow is installed (with file_format='array_record') and pass its data_dir"
         + ("; or pass data_dir= the folder of the four MNIST IDX files to read them directly."
            if tfds_name == "mnist" else ".")) from error
   except OSError as error:  # requests' ConnectionError and socket errors derive from OSError.
-    raise RuntimeError(_offline_message(tfds_name, data_dir,
-                                        f"downloading it failed ({error})")) from error
+    raise errors.DataUnavailableError(_offline_message(
+        tfds_name, data_dir, f"downloading it failed ({error})")) from error
 
 
 def _read_tfds_source(source, description: str) -> Split:
@@ -384,18 +411,19 @@ def _read_tfds_source(source, description: str) -> Split:
       images.append(example["image"])
       labels.append(example["label"])
   if not images:
-    raise ValueError(f"tfds {description} is empty.")
+    raise errors.DataError(f"tfds {description} is empty.")
   images = np.stack(images)
   if images.ndim == 3:  # Grayscale features without a channel axis.
     images = images[..., np.newaxis]
   if images.ndim != 4:
-    raise ValueError(f"tfds {description}: expected images [H, W, C], got {images.shape[1:]}.")
+    raise errors.DataError(f"tfds {description}: expected images [H, W, C], got "
+                           f"{images.shape[1:]}.")
   if images.dtype == np.uint8:
     images = _scale_uint8(images)
   elif np.issubdtype(images.dtype, np.floating):
     images = images.astype(np.float32)  # Float image features are already in [0, 1].
   else:
-    raise ValueError(f"tfds {description}: unsupported image dtype {images.dtype}.")
+    raise errors.DataError(f"tfds {description}: unsupported image dtype {images.dtype}.")
   return Split(images, np.asarray(labels).astype(np.int32))
 
 
@@ -418,7 +446,7 @@ def _subsample(split: Split, max_examples: int | None, seed: int, argument: str)
   if max_examples is None:
     return split
   if max_examples < 1:
-    raise ValueError(f"{argument} must be >= 1 or None, got {max_examples}.")
+    raise errors.ConfigError(f"{argument} must be >= 1 or None, got {max_examples}.")
   if max_examples >= len(split):
     return split
   rng = np.random.default_rng([seed, len(split), max_examples])

@@ -57,30 +57,14 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine")
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Rejects unknown names early, with the list of valid ones."""
-  def check(value, valid, key):
-    if value not in valid:
-      raise ValueError(f"config.{key}={value!r} is not one of {sorted(valid)}.")
-  check(config.loss.name, losses.MINED_LOSSES, "loss.name")
-  check(config.loss.metric, validation.METRICS, "loss.metric")
-  check(config.model.name, models.MODELS, "model.name")
-  check(config.optimizer.name, OPTIMIZERS, "optimizer.name")
-  check(config.optimizer.schedule, SCHEDULES, "optimizer.schedule")
-  check(config.batch.sampler, samplers.SAMPLER_KINDS, "batch.sampler")
-  check(config.data.augment, augmentations.AUGMENTATIONS, "data.augment")
-  batch = config.batch
-  if batch.sampler == "balanced" and batch.batch_size != batch.classes_per_batch * batch.samples_per_class:
-    raise ValueError(
-        f"config.batch.batch_size={batch.batch_size} must equal classes_per_batch x "
-        f"samples_per_class = {batch.classes_per_batch} x {batch.samples_per_class} for the "
-        "balanced sampler.")
-  validation.check_margin(config.loss.margin, "config.loss.margin")
-  chunks = config.model.forward_chunks
-  if chunks < 1 or batch.batch_size % (chunks * jax.device_count()):
-    raise ValueError(f"config.model.forward_chunks={chunks} must be >= 1 and divide the batch "
-                     f"size per device ({batch.batch_size} / {jax.device_count()} devices).")
-  if config.num_epochs < 1:
-    raise ValueError(f"config.num_epochs must be >= 1, got {config.num_epochs}.")
+  """Rejects every value that is not allowed, before any work, with one line naming it.
+
+  Raises:
+    errors.ConfigError (a ValueError): see `config_checks.check_config`.
+  """
+  from tripletjax import config_checks
+  config_checks.check_config(config, optimizers=OPTIMIZERS, schedules=SCHEDULES,
+                             num_devices=jax.device_count())
 
 
 def make_loss_fn(loss_config: ml_collections.ConfigDict) -> Callable:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numbers
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -38,8 +39,42 @@ def check_embeddings(embeddings, name: str = "embeddings"):
   return embeddings
 
 
+INT32_RANGE = (-2**31, 2**31 - 1)
+
+
+def check_label_range(labels) -> None:
+  """Rejects concrete integer labels outside int32, which `jnp.asarray` would silently wrap.
+
+  In JAX's default 32-bit mode int64 ids such as 2**40 + 1 and 1 would become the same class.
+  Checked on the value before conversion, and only when its dtype may not fit; traced labels
+  (inside `jit`) already have JAX's integer width and are trusted.
+  """
+  if isinstance(labels, jax.core.Tracer):
+    return
+  if not hasattr(labels, "dtype"):  # Python ints and lists: NumPy makes int64 (object if larger).
+    try:
+      labels = np.asarray(labels)
+    except (OverflowError, ValueError):  # Ragged lists and the like: the other checks say.
+      return
+  dtype = np.dtype(labels.dtype)
+  if np.size(labels) == 0 or dtype.kind not in "iuO" or (dtype.kind in "iu" and
+                                                         np.can_cast(dtype, np.int32)):
+    return
+  values = np.asarray(labels).reshape(-1)
+  if dtype.kind == "O" and not all(isinstance(x, numbers.Integral) for x in values):
+    return
+  low, high = values.min(), values.max()
+  if low < INT32_RANGE[0] or high > INT32_RANGE[1]:
+    raise ValueError(
+        f"labels must fit in int32 [{INT32_RANGE[0]}, {INT32_RANGE[1]}], got values in "
+        f"[{low}, {high}] (dtype {dtype}), which JAX would wrap silently; map the ids to "
+        "0..C-1 first, e.g. np.unique(labels, return_inverse=True)[1].")
+
+
 def check_labels_and_embeddings(labels, embeddings):
-  """Returns `(labels, embeddings)` as arrays after checking ranks, dtypes and batch sizes."""
+  """Returns `(labels, embeddings)` as arrays after checking ranks, dtypes, batch sizes and the
+  int32 range of concrete labels."""
+  check_label_range(labels)
   labels = jnp.asarray(labels)
   embeddings = check_embeddings(embeddings)
   if labels.ndim != 1:

@@ -1,0 +1,195 @@
+"""Checks every value of a training config before any work, each failure one clear line.
+
+`check_config` raises `errors.ConfigError` (a ValueError) naming the key, the value and what is
+allowed, e.g. "config.model.embedding_dim=0: must be an integer >= 1", instead of letting a bad
+value fail deep inside a run (a ZeroDivisionError in an initializer, a NaN learning rate, an
+int64 seed that JAX wraps). `train.check_config` calls it; `main` calls that before it creates
+the workdir or loads data.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import numbers
+from typing import Any, Iterable
+
+import ml_collections
+
+from tripletjax import augmentations
+from tripletjax import datasets
+from tripletjax import default_config
+from tripletjax import errors
+from tripletjax import losses
+from tripletjax import models
+from tripletjax import samplers
+from tripletjax import validation
+
+# Seeds seed JAX keys (seed and seed + 1), which keep only their low 32 bits.
+SEED_LIMIT = 2**31
+
+
+def _value(config: ml_collections.ConfigDict, key: str) -> Any:
+  for part in key.split("."):
+    config = config[part]
+  return config
+
+
+def _fail(key: str, value: Any, allowed: str, hint: str | None = None):
+  raise errors.ConfigError(f"config.{key}={value!r}: {allowed}.", hint)
+
+
+def _is_integer(value) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+class _Checker:
+  """Checks the values of one config by key."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+
+  def __getitem__(self, key: str) -> Any:
+    return _value(self.config, key)
+
+  def integer(self, key: str, minimum: int, optional: bool = False,
+              below: int | None = None) -> None:
+    value = self[key]
+    if optional and value is None:
+      return
+    if not _is_integer(value) or value < minimum or (below is not None and value >= below):
+      allowed = f"must be an integer >= {minimum}"
+      if below is not None:
+        allowed = f"must be an integer in [{minimum}, {below})"
+      _fail(key, value, allowed + (" or None" if optional else ""))
+
+  def number(self, key: str, *, minimum: float, below: float | None = None,
+             exclusive_minimum: bool = False, optional: bool = False) -> None:
+    """A finite number >= minimum (> with `exclusive_minimum`) and < `below` if given."""
+    value = self[key]
+    if optional and value is None:
+      return
+    low_ok = _is_number(value) and (value > minimum if exclusive_minimum else value >= minimum)
+    if not (low_ok and math.isfinite(value) and (below is None or value < below)):
+      if below is not None:
+        allowed = f"must be a number in [{minimum:g}, {below:g})"
+      else:
+        allowed = f"must be a finite number {'>' if exclusive_minimum else '>='} {minimum:g}"
+      _fail(key, value, allowed + (" or None" if optional else ""))
+
+  def boolean(self, key: str, optional: bool = False) -> None:
+    value = self[key]
+    if not (isinstance(value, bool) or (optional and value is None)):
+      _fail(key, value, "must be True or False" + (" or None" if optional else ""))
+
+  def choice(self, key: str, valid: Iterable[str]) -> None:
+    value, valid = self[key], sorted(valid)
+    if value not in valid:
+      close = difflib.get_close_matches(str(value), valid, n=1)
+      _fail(key, value, f"must be one of {', '.join(map(repr, valid))}",
+            f"did you mean {close[0]!r}?" if close else None)
+
+
+def _check_known_keys(config: ml_collections.ConfigDict,
+                      defaults: ml_collections.ConfigDict, prefix: str = "config") -> None:
+  """Every key of `config` must be one of `default_config`: a misspelt key in a config file
+  would otherwise be silently ignored (command-line overrides are checked by ml_collections)."""
+  for key in config.keys():
+    if key not in defaults:
+      close = difflib.get_close_matches(key, list(defaults.keys()), n=1)
+      raise errors.ConfigError(
+          f"{prefix}.{key} is not a config key; the keys of {prefix} are "
+          f"{', '.join(sorted(defaults.keys()))}.",
+          f"did you mean {prefix}.{close[0]}?" if close else None)
+    value, default = config[key], defaults[key]
+    if isinstance(default, ml_collections.ConfigDict):
+      if not isinstance(value, ml_collections.ConfigDict):
+        raise errors.ConfigError(f"{prefix}.{key}={value!r}: must be a group of keys "
+                                 f"({', '.join(sorted(default.keys()))}).")
+      _check_known_keys(value, default, f"{prefix}.{key}")
+
+
+def check_config(config: ml_collections.ConfigDict, *, optimizers: Iterable[str],
+                 schedules: Iterable[str], num_devices: int) -> None:
+  """Raises `errors.ConfigError` for the first value of `config` that is not allowed.
+
+  Args:
+    config: a training config (`default_config.get_config()` with changes).
+    optimizers, schedules: the valid `optimizer.name` and `optimizer.schedule` values.
+    num_devices: the devices the batch is split over (`jax.device_count()`).
+  """
+  _check_known_keys(config, default_config.get_config())
+  check = _Checker(config)
+
+  check.integer("seed", 0, below=SEED_LIMIT)
+  for key in ("num_epochs", "log_every_steps", "eval_every_epochs", "checkpoint_every_epochs"):
+    check.integer(key, 1)
+  check.boolean("quiet")
+
+  name = check["data.name"]
+  prefix = datasets.TFDS_PREFIX
+  if not (name in datasets.DATASET_NAMES[:-1]
+          or (isinstance(name, str) and name.startswith(prefix) and len(name) > len(prefix))):
+    close = difflib.get_close_matches(str(name), datasets.DATASET_NAMES[:-1], n=1)
+    _fail("data.name", name, f"must be one of {', '.join(datasets.DATASET_NAMES)}",
+          f"did you mean {close[0]!r}?" if close else None)
+  data_dir = check["data.data_dir"]
+  if data_dir is not None and (not isinstance(data_dir, str) or not data_dir):
+    _fail("data.data_dir", data_dir, "must be a folder path or None")
+  check.integer("data.max_train", 1, optional=True)
+  check.integer("data.max_test", 1, optional=True)
+  check.choice("data.augment", augmentations.AUGMENTATIONS)
+  check.integer("data.max_shift", 0)
+
+  model_name = check["model.name"]
+  check.choice("model.name", models.MODELS)
+  check.integer("model.embedding_dim", 1)
+  check.integer("model.width", 1, optional=True)
+  check.number("model.dropout_rate", minimum=0.0, below=1.0, optional=True)
+  check.boolean("model.batch_norm", optional=True)
+  accepted = models._model_kwargs(model_name)
+  for option in ("width", "dropout_rate", "batch_norm"):
+    if check[f"model.{option}"] is not None and option not in accepted:
+      _fail(f"model.{option}", check[f"model.{option}"],
+            f"model {model_name!r} has no such option; leave it None (its options: "
+            f"{', '.join(accepted)})")
+
+  check.choice("loss.name", losses.MINED_LOSSES)
+  check.number("loss.margin", minimum=0.0)
+  check.choice("loss.metric", validation.METRICS)
+  check.boolean("loss.soft")
+
+  check.choice("batch.sampler", samplers.SAMPLER_KINDS)
+  for key in ("batch.batch_size", "batch.classes_per_batch", "batch.samples_per_class"):
+    check.integer(key, 1)
+  batch = config.batch
+  if batch.sampler == "balanced" and (
+      batch.batch_size != batch.classes_per_batch * batch.samples_per_class):
+    _fail("batch.batch_size", batch.batch_size,
+          f"must equal classes_per_batch x samples_per_class = {batch.classes_per_batch} x "
+          f"{batch.samples_per_class} for the balanced sampler")
+  if batch.batch_size % num_devices:
+    _fail("batch.batch_size", batch.batch_size,
+          f"must be a multiple of the {num_devices} devices the batch is split over",
+          "on a CPU-only machine --cpu_devices sets the number of devices")
+  check.integer("model.forward_chunks", 1)
+  chunks = config.model.forward_chunks
+  if batch.batch_size % (chunks * num_devices):
+    _fail("model.forward_chunks", chunks,
+          f"must divide the batch size per device ({batch.batch_size} / {num_devices} "
+          f"device(s) = {batch.batch_size // num_devices})")
+
+  check.choice("optimizer.name", optimizers)
+  check.number("optimizer.learning_rate", minimum=0.0, exclusive_minimum=True)
+  check.choice("optimizer.schedule", schedules)
+  check.integer("optimizer.warmup_steps", 0)
+  check.number("optimizer.weight_decay", minimum=0.0)
+  check.number("optimizer.momentum", minimum=0.0, below=1.0)
+  check.number("optimizer.grad_clip_norm", minimum=0.0)
+
+  check.integer("export.projector_max_points", 1)
+  check.boolean("export.pca_every_eval")
