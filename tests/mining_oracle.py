@@ -213,9 +213,11 @@ def assert_matches(variant, result, labels, embeddings, margin, metric, where):
 
   assert set(stats) == set(expected_stats), where
   for key in COUNTS[variant]:
-    assert float(stats[key]) == expected_stats[key], f"{where} stats[{key!r}]"
+    assert float(stats[key]) == expected_stats[key], (
+        f"{where} stats[{key!r}]: {float(stats[key]):.0f}, expected {expected_stats[key]:.0f}")
   active = float(stats["fraction_active"]) * float(stats[ACTIVE_DENOMINATOR[variant]])
-  assert round(active) == mined.stats[ORACLE_ACTIVE[variant]], f"{where} active count"
+  assert round(active) == mined.stats[ORACLE_ACTIVE[variant]], (
+      f"{where} active count: {round(active)}, expected {mined.stats[ORACLE_ACTIVE[variant]]}")
   np.testing.assert_allclose(float(loss), expected_loss, rtol=1e-5, atol=1e-6, err_msg=where)
   for key in set(expected_stats) - set(COUNTS[variant]):
     np.testing.assert_allclose(float(stats[key]), expected_stats[key], rtol=1e-5, atol=1e-6,
