@@ -34,7 +34,6 @@ from ml_collections import config_flags
 
 from tripletjax import errors
 from tripletjax import preemption
-from tripletjax import train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training configuration file (configs/*.py).", lock_config=True)
@@ -207,6 +206,10 @@ def run(argv: list[str]) -> None:
     raise errors.ConfigError(f"unexpected arguments {argv[1:]}: every option is a --flag",
                              _FLAGS_HINT)
   _check_processes()
+  # Imported here: flag mistakes are reported before the trainer's imports (flax, orbax,
+  # matplotlib: seconds) are made.
+  from tripletjax import train
+
   # Orbax reports every step of every save at INFO level, JAX its backend search: keep the
   # console for the progress bar.
   logging.set_verbosity(logging.WARNING)
