@@ -60,7 +60,7 @@ from tripletjax import losses  # noqa: E402
 from tripletjax import mining  # noqa: E402
 from tripletjax import reference  # noqa: E402
 
-LOSS_NAMES = ("semihard", "hard", "batch_all", "contrastive")
+LOSS_NAMES = tuple(losses.MINED_LOSSES)
 MODES = ("forward", "forward+backward")
 FULL_BATCH_SIZES = (128, 256, 512, 1024, 2048, 4096, 8192)
 FULL_DIMS = (128, 256)
@@ -69,12 +69,6 @@ QUICK_DIMS = (128,)
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "miners.json"
 MARGIN = 1.0
 
-REFERENCE_LOSSES = {
-    "semihard": reference.triplet_semihard_loss,
-    "hard": reference.triplet_hard_loss,
-    "batch_all": reference.batch_all_triplet_loss,
-    "contrastive": reference.contrastive_loss,
-}
 
 DASH = "—"
 
@@ -93,8 +87,9 @@ def make_inputs(batch_size: int, dim: int, num_classes: int, seed: int = 0):
 
 def jax_function(loss_name: str, mode: str, mining_backend: str = "auto"):
   """The jit-compiled JAX function of a case: (labels, embeddings) -> loss or (loss, grad)."""
-  loss_fn = losses.MINED_LOSSES[loss_name]
-  if loss_name in losses.SORTING_LOSSES:
+  loss = losses.MINED_LOSSES[loss_name]
+  loss_fn = loss.fn
+  if loss.sorts_rows:
     loss_fn = functools.partial(loss_fn, mining_backend=mining_backend)
   if mode == "forward":
     return jax.jit(lambda labels, embeddings: loss_fn(labels, embeddings, margin=MARGIN))
@@ -264,7 +259,7 @@ def run_case(loss_name: str, mode: str, batch_size: int, dim: int, args) -> dict
   case["reference_ms"] = None
   if mode == "forward" and batch_size <= args.reference_max_batch:
     start = time.perf_counter()
-    reference_loss = REFERENCE_LOSSES[loss_name](labels_np, embeddings_np, MARGIN)
+    reference_loss = reference.MINED_LOSSES[loss_name](labels_np, embeddings_np, MARGIN)
     case["reference_ms"] = 1e3 * (time.perf_counter() - start)
     case["reference_loss"] = reference_loss
 
@@ -389,25 +384,6 @@ _MEMORY_NOTES = {
 # Main.
 
 
-class _PlainProgress:
-  """Stands in for tqdm where it is not installed."""
-
-  def __init__(self, items):
-    self._items = items
-
-  def __iter__(self):
-    return iter(self._items)
-
-  def set_postfix_str(self, text):
-    del text
-
-  def write(self, text, file=None):
-    print(text, file=file or sys.stdout)
-
-  def close(self):
-    pass
-
-
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
       prog="python -m benchmarks.miners", description=__doc__.split("\n\n")[0],
@@ -421,8 +397,9 @@ def parse_args(argv=None):
   parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
   parser.add_argument("--classes", type=int, default=10, help="Number of random classes.")
   parser.add_argument("--mining-backend", choices=mining.BACKENDS, default="auto",
-                      help="Row sorts of semi-hard and batch-all: 'auto' (NumPy on CPU), 'numpy', "
-                      "or 'xla' (what the trainer uses on several CPU devices).")
+                      help="Where semi-hard and batch-all sort and mine their rows "
+                      "(tripletjax.mining.backend): 'auto', 'numpy', 'xla' (what the trainer "
+                      "uses on several CPU devices), or an XLA sort forced by name.")
   parser.add_argument("--memory", choices=("subprocess", "xla", "none"), default="subprocess",
                       help="How the peak MB column is measured (see the module doc).")
   parser.add_argument("--min-time", type=float, default=None,
@@ -448,11 +425,6 @@ def main(argv=None) -> dict | None:
   if args.child:
     _child_main(json.loads(args.child))
     return None
-  try:
-    from tqdm import tqdm
-  except ImportError:  # Progress lines are printed anyway.
-    tqdm = None
-
   results = {
       "benchmark": "tripletjax mined losses: JAX vs vectorised NumPy vs NumPy loop reference",
       "started": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -474,26 +446,20 @@ def main(argv=None) -> dict | None:
   args.out.parent.mkdir(parents=True, exist_ok=True)
   cases = [(loss_name, mode, batch_size, dim) for loss_name in args.losses
            for mode in args.modes for dim in args.dims for batch_size in args.batch_sizes]
-  # A progress bar on a terminal; plain lines (one per case, below) in a log file.
-  if tqdm is not None:
-    progress = tqdm(cases, desc="miners", unit="case", file=sys.stderr, dynamic_ncols=True,
-                    disable=not sys.stderr.isatty())
-  else:
-    progress = _PlainProgress(cases)
+  # One line per case, with the time so far and an estimate of the time left.
   start = time.perf_counter()
-  for index, (loss_name, mode, batch_size, dim) in enumerate(progress):
-    progress.set_postfix_str(f"{loss_name} {mode} B={batch_size} D={dim}")
+  for index, (loss_name, mode, batch_size, dim) in enumerate(cases):
     case = run_case(loss_name, mode, batch_size, dim, args)
     results["cases"].append(case)
-    progress.write(
-        f"[{index + 1}/{len(cases)} {time.perf_counter() - start:6.0f} s] {loss_name:11s} "
+    elapsed = time.perf_counter() - start
+    left = elapsed / (index + 1) * (len(cases) - index - 1)
+    print(
+        f"[{index + 1}/{len(cases)} {elapsed:6.0f} s, ~{left:.0f} s left] {loss_name:11s} "
         f"{mode:16s} B={batch_size:5d} D={dim:4d}  JAX {case['jax_ms']:9.1f} ms (compile "
         f"{case['jax_compile_s']:.2f} s)  NumPy {case['numpy_ms']:9.1f} ms  reference "
         f"{_format(case['reference_ms'])} ms  peak {_format(case['peak_mb'], 0)} MB  "
-        f"load {case['load_average_1min']:.2f}", file=sys.stdout)
-    sys.stdout.flush()
+        f"load {case['load_average_1min']:.2f}", flush=True)
     args.out.write_text(json.dumps(results, indent=1))
-  progress.close()
   results["wall_s"] = time.perf_counter() - start
   results["load_average_end"] = os.getloadavg()
   results["finished"] = datetime.datetime.now().isoformat(timespec="seconds")

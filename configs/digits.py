@@ -8,11 +8,11 @@ Result: test leave-one-out precision@1 0.9867, MAP@R 0.905 (batch-hard: 0.8867);
 timings in benchmarks/RESULTS.md.
 """
 
-from tripletjax import default_config
+from tripletjax.app.config import defaults
 
 
 def get_config():
-  config = default_config.get_config()
+  config = defaults.get_config()
   config.data.name = "digits"
   config.model.name = "tfa_cnn"
   config.model.embedding_dim = 64

@@ -15,11 +15,11 @@ allows a 3x higher learning rate; no dropout (it slows a short training more tha
 semi-hard mining with margin 0.2 on batches of 256, cosine decay.
 """
 
-from tripletjax import default_config
+from tripletjax.app.config import defaults
 
 
 def get_config():
-  config = default_config.get_config()
+  config = defaults.get_config()
   config.data.name = "fashion_mnist"
   config.model.name = "hsu_cnn"
   config.model.embedding_dim = 64

@@ -8,11 +8,11 @@ train-images-idx3-ubyte.gz ... names) or an `mnist` already prepared by tensorfl
 configs/digits.py or configs/fashion_mnist.py.
 """
 
-from tripletjax import default_config
+from tripletjax.app.config import defaults
 
 
 def get_config():
-  config = default_config.get_config()
+  config = defaults.get_config()
   config.data.name = "mnist"
   config.model.name = "tfa_cnn"
   config.model.embedding_dim = 256  # The tutorial's Dense(256).

@@ -5,7 +5,7 @@ import os
 import jax
 import pytest
 
-from tripletjax import datasets
+from tripletjax.app.data import datasets
 
 # With partitionable threefry (JAX's default) XLA:CPU compiles every random draw of a model's
 # initialisation separately, 2-5 s each; the classic threefry compiles ~10x faster. It only

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tripletjax import augmentations
+from tripletjax.app.data import augmentations
 
 
 def _images(num=64, size=6, seed=0):

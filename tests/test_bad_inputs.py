@@ -17,11 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tripletjax import datasets
-from tripletjax import default_config
-from tripletjax import errors
+from tripletjax.app.data import datasets
+from tripletjax.app.config import defaults
+from tripletjax.app import errors
 from tripletjax import losses
-from tripletjax import train
+from tripletjax.app.config import checks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,7 +64,7 @@ def write_mnist_dir(folder, num_train=20, num_test=10) -> None:
 
 
 def config_with(key: str, value):
-  config = default_config.get_config()
+  config = defaults.get_config()
   *sections, name = key.split(".")
   target = config
   for section in sections:
@@ -116,7 +116,7 @@ def test_bad_config_value_is_one_line_naming_key_value_and_what_is_allowed(key, 
   if key == "batch.batch_size" and value == 100:
     config.batch.sampler = "balanced"
   with pytest.raises(errors.ConfigError) as error:
-    train.check_config(config)
+    checks.check_config(config)
   message = str(error.value)
   assert message.startswith(f"config.{key}={value!r}: "), message
   assert allowed in message and "\n" not in message
@@ -125,15 +125,15 @@ def test_bad_config_value_is_one_line_naming_key_value_and_what_is_allowed(key, 
 
 def test_misspelt_name_gets_a_did_you_mean_hint():
   with pytest.raises(errors.ConfigError) as error:
-    train.check_config(config_with("loss.name", "semihrad"))
+    checks.check_config(config_with("loss.name", "semihrad"))
   assert error.value.hint == "did you mean 'semihard'?"
 
 
 def test_unknown_key_in_a_config_file_is_an_error():
-  config = default_config.get_config()
+  config = defaults.get_config()
   config.loss.margn = 0.2  # What a typo in a config file does: a new key, silently unused.
   with pytest.raises(errors.ConfigError, match=r"config\.loss\.margn is not a config key"):
-    train.check_config(config)
+    checks.check_config(config)
 
 
 @pytest.mark.parametrize("name", ["digits", "fashion_mnist", "mnist"])
@@ -141,8 +141,8 @@ def test_shipped_configs_pass(name):
   module = {}
   with open(os.path.join(REPO, "configs", f"{name}.py")) as f:
     exec(compile(f.read(), f"configs/{name}.py", "exec"), module)  # pylint: disable=exec-used
-  train.check_config(module["get_config"]())
-  train.check_config(default_config.get_config())
+  checks.check_config(module["get_config"]())
+  checks.check_config(defaults.get_config())
 
 
 # --- data files --------------------------------------------------------------------------------
@@ -338,13 +338,14 @@ def test_nothing_printed_after_the_error_line():
   # Background threads and exit handlers (a checkpointer's, asyncio's) write nothing after it.
   script = textwrap.dedent("""
       import atexit, sys, threading, time
-      from tripletjax import errors, main
+      from tripletjax.app import cli
+      from tripletjax.app import errors
       atexit.register(lambda: print("noise from an exit handler", file=sys.stderr))
       def late():
         time.sleep(0.2)
         print("noise from a thread", file=sys.stderr, flush=True)
       threading.Thread(target=late).start()
-      main.exit_with_user_error(errors.WorkdirError("the message", hint="the hint"))
+      cli.exit_with_user_error(errors.WorkdirError("the message", hint="the hint"))
   """)
   result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
                           text=True, timeout=60)

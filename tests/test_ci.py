@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import conftest
-from tripletjax import datasets
+from tripletjax.app.data import datasets
 
 
 def assert_outcome(request, fixture: str, ci: bool, reason: str):

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from tripletjax import datasets
+from tripletjax.app.data import datasets
 
 NUM_TRAIN, NUM_TEST, HEIGHT, WIDTH = 7, 3, 5, 4
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tripletjax import exports
+from tripletjax.app import exports
+from tripletjax.app import metric_logging
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -271,18 +272,18 @@ def test_read_metrics_jsonl_tolerates_truncated_last_line(tmp_path):
   text = "".join(json.dumps(record) + "\n" for record in records)
   path.write_text(text + '{"step": 3, "lo')  # the run was killed mid-write
   with pytest.warns(UserWarning, match="truncated"):
-    assert exports.read_metrics_jsonl(path) == records
+    assert metric_logging.read_metrics_jsonl(path) == records
   path.write_text(text + "\n")  # complete file, trailing blank line
-  assert exports.read_metrics_jsonl(path) == records
+  assert metric_logging.read_metrics_jsonl(path) == records
   path.write_text(text.rstrip("\n"))  # complete last line without its newline
-  assert exports.read_metrics_jsonl(path) == records
+  assert metric_logging.read_metrics_jsonl(path) == records
 
 
 def test_read_metrics_jsonl_rejects_corruption_before_the_end(tmp_path):
   path = tmp_path / "metrics.jsonl"
   path.write_text('{"step": 0}\n{"step": 1\n{"step": 2}\n')
   with pytest.raises(ValueError, match="line 2"):
-    exports.read_metrics_jsonl(path)
+    metric_logging.read_metrics_jsonl(path)
   path.write_text('{"step": 0}\n[1, 2]\n')
   with pytest.raises(ValueError, match="JSON object"):
-    exports.read_metrics_jsonl(path)
+    metric_logging.read_metrics_jsonl(path)

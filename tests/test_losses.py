@@ -26,6 +26,7 @@ import pytest
 
 import tripletjax
 from tripletjax import reference
+from tripletjax.mining import blocks
 
 FEATURES = 8
 METRICS = ("l2", "squared_l2", "angular")
@@ -299,7 +300,6 @@ def test_anchor_blocks_match_reference(monkeypatch):
   # with padding rows; sums for semi-hard and batch-all, per-anchor results for batch-hard).
   # Shrink the block budget so that a small batch takes that path too: 40 rows per block,
   # 4 blocks, the last one with 30 padding rows.
-  from tripletjax import losses
   batch_size = 130
   rng = np.random.default_rng(40)
   labels = rng.integers(0, 5, size=batch_size).astype(np.int32)
@@ -314,7 +314,7 @@ def test_anchor_blocks_match_reference(monkeypatch):
         has_aux=True)(e) for variant in variants})
 
   unblocked = losses_and_gradients()(embeddings)
-  monkeypatch.setattr(losses, "_BLOCK_ENTRIES", batch_size * 40)
+  monkeypatch.setattr(blocks, "BLOCK_ENTRIES", batch_size * 40)
   blocked = losses_and_gradients()(embeddings)
   for variant in variants:
     (loss, stats), gradient = blocked[variant]

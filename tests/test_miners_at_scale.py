@@ -19,8 +19,8 @@ import pytest
 
 import mining_oracle as oracle
 import tripletjax
-from tripletjax import host_mining
-from tripletjax import losses
+from tripletjax.mining import blocks
+from tripletjax.mining import host as host_mining
 
 BACKENDS = ("numpy", "xla")
 LOSSES = {"semihard": tripletjax.triplet_semihard_loss,
@@ -120,7 +120,7 @@ def test_blocks_with_padding_and_threads_match_reference_and_oracle(variant, bac
                                                                     host_slices, monkeypatch):
   # 16 anchor rows per block: blocks 0-2 are full, block 3 holds rows 48, 49 and 14 padding
   # rows (anchor_index -1). Every host block of 2+ rows is split over the threads.
-  monkeypatch.setattr(losses, "_BLOCK_ENTRIES", 50 * 16)
+  monkeypatch.setattr(blocks, "BLOCK_ENTRIES", 50 * 16)
   monkeypatch.setattr(host_mining, "_PARALLEL_MIN_ENTRIES", 1)
   step = value_and_grad(variant, backend, metric)
   batches = _small_batches()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tripletjax.models import (MODELS, EmbeddingOutput, HsuCNN, ResNet, TFACNN, create_model,
+from tripletjax.app.models import (MODELS, EmbeddingOutput, HsuCNN, ResNet, TFACNN, create_model,
                                normalize_embeddings)
 
 
@@ -234,7 +234,7 @@ def test_resnet50_at_width_8_has_bottleneck_shapes_and_parameter_count():
     ("hsu_cnn", 731_528),   # 1,664 + 102,464 conv + 3136 * 200 + 200 dense.
 ])
 def test_cnn_parameter_counts_at_default_settings(name, expected):
-  model_class = MODELS[name]
+  model_class = MODELS[name].build
   model = nnx.eval_shape(lambda: model_class((28, 28, 1), rngs=_rngs()))
   assert _num_params(model) == expected
 

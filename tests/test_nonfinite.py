@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tripletjax import losses
+from tripletjax.mining import blocks
 
 BATCH, DIM = 12, 4
 
@@ -56,7 +57,7 @@ def batch(seed: int = 0):
 def use_path(path: str, monkeypatch) -> None:
   """"anchor_blocks": make the block losses take their `lax.scan` over blocks of 5 anchors."""
   if path == "anchor_blocks":
-    monkeypatch.setattr(losses, "_BLOCK_ENTRIES", 5 * BATCH)
+    monkeypatch.setattr(blocks, "BLOCK_ENTRIES", 5 * BATCH)
 
 
 @pytest.mark.parametrize("name, path", LOSS_PATHS)

@@ -20,12 +20,13 @@ import jax
 import numpy as np
 import pytest
 
-from tripletjax import augmentations
-from tripletjax import checkpointing
-from tripletjax import datasets
-from tripletjax import preemption
-from tripletjax import train
+from tripletjax.app.data import augmentations
+from tripletjax.app import checkpointing
+from tripletjax.app import preemption
+from tripletjax.app import train
 from tests.test_train import read_jsonl, tiny_config
+from tripletjax.app import parallel
+from tripletjax.app import train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING_KEYS = {"train_seconds", "epoch_seconds"}
@@ -55,7 +56,7 @@ def assert_same_run(expected_dir, got_dir) -> None:
 def count_train_steps(monkeypatch) -> list:
   """Patches the trainer so that every executed train step appends to the returned list."""
   executed = []
-  build = train.build_trainer
+  build = train_step.build_trainer
 
   def counting_build_trainer(*args, **kwargs):
     trainer = build(*args, **kwargs)
@@ -66,7 +67,7 @@ def count_train_steps(monkeypatch) -> list:
       return step_fn(*step_args)
     trainer.train_step = counted
     return trainer
-  monkeypatch.setattr(train, "build_trainer", counting_build_trainer)
+  monkeypatch.setattr(train_step, "build_trainer", counting_build_trainer)
   return executed
 
 
@@ -122,9 +123,9 @@ def test_a_changed_checkpoint_changes_the_resumed_run(tmp_path, monkeypatch):
   monkeypatch.undo()
 
   directory = str(tmp_path / "zeroed" / "checkpoints")
-  trainer = train.build_trainer(config, (8, 8, 1), 12, train.make_mesh())
+  trainer = train_step.build_trainer(config, (8, 8, 1), 12, parallel.make_mesh())
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                          train.checkpoint_state(trainer))
+                          train_step.training_state(trainer))
   checkpoints = checkpointing.StepCheckpoints(directory)
   state, meta = checkpoints.restore(7, abstract)
   checkpoints.close()

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from tripletjax import retrieval
+from tripletjax.app import retrieval
 
 
 def on_circle(degrees) -> np.ndarray:

@@ -5,16 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tripletjax import row_sort
+from tripletjax.mining import backend
+from tripletjax.mining import keys
+from tripletjax.mining import row_sort
 
+# Every sort method, and every backend request as resolved on this machine.
 IMPLEMENTATIONS = {
-    "numpy": lambda v, t: row_sort.sort_rows(v, t, "numpy"),
-    "xla": lambda v, t: row_sort.sort_rows(v, t, "xla"),
-    "auto": lambda v, t: row_sort.sort_rows(v, t, "auto"),
-    # Called directly: on CPU "xla" takes the rank key, on accelerators the three-key sort.
-    "three_keys": row_sort._xla_sort_rows_by_three_keys,
-    "rank_key": row_sort._xla_sort_rows_by_rank_key,
-}
+    method: (lambda method: lambda v, t: row_sort.sort_rows(
+        v, t, backend.resolve_backend(method, num_columns=v.shape[-1])))(method)
+    for method in backend.BACKENDS}
 
 
 def _lexsort_rows(values: np.ndarray, tags: np.ndarray):
@@ -53,17 +52,19 @@ def test_every_sort_matches_lexsort(implementation, case):
 def test_negative_zero_sorts_as_zero():
   values = jnp.array([[0.5, -0.0, 0.0, 0.25]])
   tags = jnp.array([[False, True, False, False]])
-  for method in row_sort.SORT_METHODS:
+  for method in (backend.NUMPY, backend.RANK_KEY, backend.THREE_KEYS):
     result = row_sort.sort_rows(values, tags, method)
     np.testing.assert_array_equal(result.perm, [[2, 1, 3, 0]])
     np.testing.assert_array_equal(result.values, [[0.0, 0.0, 0.25, 0.5]])
 
 
 def test_rank_key_limit_fits_uint32():
-  limit = row_sort.RANK_KEY_MAX_COLUMNS
+  limit = keys.RANK_KEY_MAX_COLUMNS
   assert 2 * limit * limit <= 2**32 < 2 * (limit + 1) * (limit + 1)
 
 
 def test_unknown_method_is_an_error():
   with pytest.raises(ValueError, match="Unknown sort method 'radix'"):
     row_sort.sort_rows(jnp.zeros((2, 2)), jnp.zeros((2, 2), bool), "radix")
+  with pytest.raises(ValueError, match="Unknown mining_backend 'radix'"):
+    backend.resolve_backend("radix", num_columns=2)

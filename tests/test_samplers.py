@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tripletjax import samplers
+from tripletjax.app.data import samplers
 
 
 def epoch_batches(sampler, epoch: int) -> list[np.ndarray]:
@@ -142,7 +142,7 @@ def make_any_sampler(kind: str, seed: int = 3):
                                samples_per_class=3, seed=seed)
 
 
-@pytest.mark.parametrize("kind", samplers.SAMPLER_KINDS)
+@pytest.mark.parametrize("kind", samplers.SAMPLERS)
 def test_every_sampler_draws_an_epoch_independently_of_earlier_draws(kind):
   # Resuming at epoch e builds a new sampler and draws e first. A sampler that carried its RNG
   # (or any state) from one epoch into the next would give another epoch e than a run that
@@ -166,7 +166,7 @@ def test_every_sampler_draws_an_epoch_independently_of_earlier_draws(kind):
   np.testing.assert_array_equal(np.stack(epoch_batches(sampler, 3)), fresh[3], err_msg=kind)
 
 
-@pytest.mark.parametrize("kind", samplers.SAMPLER_KINDS)
+@pytest.mark.parametrize("kind", samplers.SAMPLERS)
 def test_every_sampler_depends_on_its_seed(kind):
   np.testing.assert_array_equal(np.stack(epoch_batches(make_any_sampler(kind, seed=3), 1)),
                                 np.stack(epoch_batches(make_any_sampler(kind, seed=3), 1)))

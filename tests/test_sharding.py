@@ -20,6 +20,9 @@ import pytest
 
 import mining_oracle as oracle
 from tripletjax import reference
+from tripletjax.app import parallel
+from tripletjax.app import train_step
+from tripletjax.app.config import checks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,14 +40,14 @@ def run_on_devices(num_devices: int, script: str, *args: str) -> str:
 SCRIPT = """
     import jax, numpy as np
     import tripletjax as tj
-    from tripletjax import train
+    from tripletjax.app import parallel
 
     assert jax.device_count() == 4
-    mesh = train.make_mesh()
+    mesh = parallel.make_mesh()
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 8)).astype(np.float32)
     y = rng.integers(0, 5, 64).astype(np.int32)
-    xs, ys = train.shard_batch(mesh, x, y)
+    xs, ys = parallel.shard_batch(mesh, x, y)
     assert len(xs.sharding.device_set) == 4
     for fn in [tj.triplet_semihard_loss, tj.triplet_hard_loss, tj.batch_all_triplet_loss,
                tj.contrastive_loss]:
@@ -68,20 +71,21 @@ MINING_SCRIPT = """
     import functools, json, sys
     import jax, numpy as np
     import tripletjax as tj
-    from tripletjax import losses, train
+    from tripletjax.mining import blocks
+    from tripletjax.app import parallel
 
     LOSSES = {"semihard": tj.triplet_semihard_loss, "batch_all": tj.batch_all_triplet_loss}
     inputs_path, cases, outputs_path = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
     assert jax.device_count() == 4
-    mesh = train.make_mesh()
+    mesh = parallel.make_mesh()
     inputs, outputs = np.load(inputs_path), {}
     for case in cases:
       name = case["name"]
-      losses._BLOCK_ENTRIES = case["block_entries"]  # Read while tracing the new jit below.
+      blocks.BLOCK_ENTRIES = case["block_entries"]  # Read while tracing the new jit below.
       loss_fn = functools.partial(LOSSES[case["variant"]], metric=case["metric"],
                                   return_stats=True, mining_backend="xla")
       step = jax.jit(jax.value_and_grad(lambda e, y, m: loss_fn(y, e, margin=m), has_aux=True))
-      embeddings, labels = train.shard_batch(mesh, inputs[case["batch"] + "/embeddings"],
+      embeddings, labels = parallel.shard_batch(mesh, inputs[case["batch"] + "/embeddings"],
                                              inputs[case["batch"] + "/labels"])
       # Each device holds its own quarter of the rows.
       outputs[name + "/devices"] = len(embeddings.sharding.device_set)
@@ -205,18 +209,20 @@ def two_train_steps(loss_name: str, forward_chunks: int, dropout_rate: float) ->
   """
   import jax
   from flax import nnx
-  from tripletjax import datasets, default_config, samplers, train
+  from tripletjax.app.data import datasets
+  from tripletjax.app.config import defaults
+  from tripletjax.app.data import samplers
 
-  config = default_config.get_config()
+  config = defaults.get_config()
   config.loss.name = loss_name
   config.model.embedding_dim = 16
   config.model.forward_chunks = forward_chunks
   config.model.dropout_rate = dropout_rate
   config.batch.batch_size = 64
-  train.check_config(config)
+  checks.check_config(config)
   dataset = datasets.load_dataset("digits", max_train=400, max_test=10, seed=0)
-  mesh = train.make_mesh()
-  trainer = train.build_trainer(config, dataset.train.images.shape[1:], 10, mesh)
+  mesh = parallel.make_mesh()
+  trainer = train_step.build_trainer(config, dataset.train.images.shape[1:], 10, mesh)
   results = {"devices": np.array(jax.device_count())}
 
   def record_parameters(prefix):
@@ -227,7 +233,7 @@ def two_train_steps(loss_name: str, forward_chunks: int, dropout_rate: float) ->
   record_parameters("initial")
   batches = samplers.ShuffledBatches(dataset.train.labels, 64, seed=0).epoch(0)
   for step, indices in zip(range(2), batches):
-    images, labels = train.shard_batch(mesh, dataset.train.images[indices],
+    images, labels = parallel.shard_batch(mesh, dataset.train.images[indices],
                                        dataset.train.labels[indices].astype(np.int32))
     metrics = trainer.train_step(trainer.model, trainer.optimizer, images, labels)
     results.update({f"step{step}/{key}": np.asarray(value) for key, value in metrics.items()})

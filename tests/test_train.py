@@ -13,14 +13,17 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tripletjax import default_config
-from tripletjax import train
+from tripletjax.app.config import defaults
+from tripletjax.app import train
+from tripletjax.app import parallel
+from tripletjax.app import train_step
+from tripletjax.app.config import checks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
-  config = default_config.get_config()
+  config = defaults.get_config()
   config.data.name = "digits"
   config.data.max_train = 400
   config.data.max_test = 200
@@ -122,7 +125,7 @@ def test_resume_continues_the_same_curve(tmp_path, monkeypatch):
 ])
 def test_bad_config_values_are_named(key, value, message):
   with pytest.raises(ValueError, match=message):
-    train.check_config(tiny_config(**{key: value}))
+    checks.check_config(tiny_config(**{key: value}))
 
 
 def test_config_override_typo_is_an_error():
@@ -146,15 +149,15 @@ def load_config_module(name: str):
 def test_every_config_file_loads():
   for name in ["digits", "fashion_mnist", "mnist"]:
     module = load_config_module(name)
-    train.check_config(module.get_config())
+    checks.check_config(module.get_config())
     assert module.__doc__ and "python -m tripletjax.main" in module.__doc__
 
 
 def test_shard_batch_places_the_global_batch():
-  mesh = train.make_mesh()
+  mesh = parallel.make_mesh()
   images = np.arange(8 * 4, dtype=np.float32).reshape(8, 2, 2, 1)
   labels = np.arange(8, dtype=np.int32)
-  sharded_images, sharded_labels = train.shard_batch(mesh, images, labels)
+  sharded_images, sharded_labels = parallel.shard_batch(mesh, images, labels)
   np.testing.assert_array_equal(np.asarray(sharded_images), images)
   np.testing.assert_array_equal(np.asarray(sharded_labels), labels)
   assert sharded_images.sharding.spec[0] == "data"
@@ -202,26 +205,26 @@ def test_main_trains_on_several_cpu_devices(tmp_path):
 
 def test_model_options_pass_only_what_is_set():
   config = tiny_config()
-  assert train.model_options(config.model) == {}
+  assert train_step.model_options(config.model) == {}
   config.model.width = 8
   config.model.dropout_rate = 0.0
   config.model.batch_norm = True
-  assert train.model_options(config.model) == {"width": 8, "dropout_rate": 0.0,
+  assert train_step.model_options(config.model) == {"width": 8, "dropout_rate": 0.0,
                                                "batch_norm": True}
 
 
 def test_apply_in_chunks_matches_one_pass():
   # The model on K chunks of the batch, outputs back in row order: the same as one pass.
   from flax import nnx
-  from tripletjax import models
+  from tripletjax.app import models
   model = models.create_model("hsu_cnn", input_shape=(8, 8, 1), embedding_dim=8,
                               rngs=nnx.Rngs(params=0, dropout=1), dropout_rate=0.0)
   images = np.random.default_rng(0).random((24, 8, 8, 1), dtype=np.float32)
   whole = model(images)
   for num_chunks in (2, 3, 4):
-    chunked = train.apply_in_chunks(model, images, num_chunks)
+    chunked = parallel.apply_in_chunks(model, images, num_chunks)
     np.testing.assert_allclose(np.asarray(chunked.embeddings), np.asarray(whole.embeddings),
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(chunked.norms), np.asarray(whole.norms), rtol=1e-5)
   with pytest.raises(ValueError, match="forward_chunks"):
-    train.check_config(tiny_config(**{"model.forward_chunks": 5}))  # 64 % 5 != 0
+    checks.check_config(tiny_config(**{"model.forward_chunks": 5}))  # 64 % 5 != 0

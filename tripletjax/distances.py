@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from tripletjax import validation
 
 
-def _safe_sqrt(squared: jax.Array) -> jax.Array:
+def safe_sqrt(squared: jax.Array) -> jax.Array:
   """sqrt with a zero (not infinite) gradient where the argument is 0.
 
   sqrt'(0) = inf, and inf * 0 = NaN in the chain rule, which is the NaN users of
@@ -103,4 +103,4 @@ def _distances_from_gram(gram, sq_rows, sq_cols, metric: str) -> jax.Array:
     norms = jnp.sqrt(jnp.maximum(sq_rows, eps)[:, None] * jnp.maximum(sq_cols, eps)[None, :])
     return jnp.maximum(1.0 - gram / norms, 0.0)
   squared = jnp.maximum(sq_rows[:, None] + sq_cols[None, :] - 2.0 * gram, 0.0)
-  return squared if metric == "squared_l2" else _safe_sqrt(squared)
+  return squared if metric == "squared_l2" else safe_sqrt(squared)

@@ -1,7 +1,8 @@
 """Triplet and contrastive losses: pure functions of `labels[B]` and `embeddings[B, D]`.
 
 Semantics follow the references exactly (TensorFlow Addons for the semi-hard and hard losses,
-Moindrot's batch-all, the contrastive and explicit triplet losses of the seeds), with two
+Moindrot's batch-all, Hadsell et al.'s contrastive loss, the explicit triplet loss of the Keras
+Siamese-network example; see `tripletjax.reference`), with two
 deliberate differences that only remove failures:
   * a batch without any positive pair (or valid triplet) gives a loss of 0, not NaN; the
     statistics say so (`num_positive_pairs == 0`);
@@ -27,8 +28,8 @@ References:
 
 from __future__ import annotations
 
-import functools
-import inspect
+import dataclasses
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -36,13 +37,6 @@ import jax.numpy as jnp
 from tripletjax import distances as distances_lib
 from tripletjax import mining
 from tripletjax import validation
-
-
-# The miners process at most this many distance-matrix entries at once (about 200 MB of working
-# set); larger batches are processed in blocks of anchor rows, which bounds peak memory by what
-# the backward pass keeps per entry (4 bytes for semi-hard, nothing for batch-hard) instead of
-# ~50 bytes.
-_BLOCK_ENTRIES = 2048 * 2048
 
 
 def _prepare(labels, embeddings, margin, metric):
@@ -87,59 +81,6 @@ def _nan_gradient_unless_jvp(primals, tangents):
   return x, jax.lax.optimization_barrier(tangents[0]) * scale
 
 
-def _over_anchor_blocks(block_fn, embeddings, metric, *, recompute_block: bool):
-  """Applies `block_fn(block_distances[C, B], anchor_index[C])` to blocks covering all anchors.
-
-  One block (the whole [B, B] matrix, C = B) when the batch is small; otherwise a `lax.scan`
-  over blocks of anchor rows whose distance rows are computed inside the block; `anchor_index`
-  is -1 on the padding rows of the last block. Each block's distances are recomputed in the
-  backward pass (one matmul) instead of all being kept alive: that saves ~5 bytes per matrix
-  entry of peak memory. With `recompute_block`, the whole block is (for miners without a
-  custom gradient, whose autodiff residuals would otherwise be [C, B] arrays).
-
-  Returns:
-    The outputs of `block_fn`, stacked over blocks: [num_blocks, ...] each.
-  """
-  batch = embeddings.shape[0]
-  if batch * batch <= _BLOCK_ENTRIES:
-    distances = distances_lib.pairwise_distances(embeddings, metric=metric)
-    outputs = block_fn(distances, jnp.arange(batch, dtype=jnp.int32))
-    return jax.tree.map(lambda x: x[None], outputs)
-  rows_per_block = max(1, _BLOCK_ENTRIES // batch)
-  num_blocks = -(-batch // rows_per_block)
-  anchor_index = jnp.arange(num_blocks * rows_per_block, dtype=jnp.int32)
-  anchor_index = jnp.where(anchor_index < batch, anchor_index, -1)  # -1: padding rows.
-  squared_norms = jnp.sum(embeddings * embeddings, axis=1)
-  block_distances_fn = jax.checkpoint(distances_lib.anchor_distances, static_argnums=(2,))
-
-  def one_block(block_index):
-    return block_fn(block_distances_fn(embeddings, block_index, metric, squared_norms),
-                    block_index)
-
-  if recompute_block:
-    one_block = jax.checkpoint(one_block)
-  _, outputs = jax.lax.scan(lambda carry, index: (carry, one_block(index)), None,
-                            anchor_index.reshape(num_blocks, rows_per_block))
-  return outputs
-
-
-def _sum_over_anchor_blocks(sums_fn, labels, embeddings, margin, metric):
-  """Sums of a block miner (`mining.semihard_sums`, `mining.batch_all_sums`) over all anchors."""
-  per_block = _over_anchor_blocks(
-      lambda distances, anchor_index: sums_fn(distances, anchor_index, labels, margin),
-      embeddings, metric, recompute_block=False)
-  return jax.tree.map(lambda x: jnp.sum(x, axis=0), per_block)
-
-
-def _map_over_anchor_blocks(block_fn, labels, embeddings, metric):
-  """Per-anchor results of `block_fn(block_distances, labels, anchor_index)`: [B, ...] each."""
-  per_block = _over_anchor_blocks(
-      lambda distances, anchor_index: block_fn(distances, labels, anchor_index),
-      embeddings, metric, recompute_block=True)
-  batch = labels.shape[0]
-  return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:])[:batch], per_block)
-
-
 def _safe_mean(total, count):
   """total / count, and 0 (never NaN) when count is 0."""
   count = jnp.asarray(count, jnp.float32)
@@ -156,11 +97,6 @@ def _finish(loss, dtype, stats, return_stats, finite):
                 else value for name, value in stats.items()}
 
 
-def _check_backend(backend: str) -> None:
-  if backend not in mining.BACKENDS:
-    raise ValueError(f"Unknown mining_backend {backend!r}; expected one of {mining.BACKENDS}.")
-
-
 def triplet_semihard_loss(labels, embeddings, margin=1.0, metric: str = "l2",
                           return_stats: bool = False, mining_backend: str = "auto"):
   """Semi-hard triplet loss, exactly as TensorFlow Addons' `triplet_semihard_loss`.
@@ -175,9 +111,9 @@ def triplet_semihard_loss(labels, embeddings, margin=1.0, metric: str = "l2",
     margin: margin >= 0 (TFA's default 1.0).
     metric: "l2" (default, TFA's), "squared_l2" or "angular".
     return_stats: also return the mining statistics.
-    mining_backend: "auto" (default): NumPy on the host on CPU, XLA elsewhere; "numpy" or
-      "xla" to choose. Both give the same results; inside a program sharded over several CPU
-      devices use "xla" (see `mining.semihard_sums`).
+    mining_backend: where the rows are sorted and mined: "auto" (default: NumPy on the host
+      on a single CPU device, XLA elsewhere), "numpy" or "xla". All give the same results;
+      see `tripletjax.mining.backend`.
 
   Returns:
     Scalar loss in the dtype of `embeddings`, or `(loss, stats)` with stats keys
@@ -185,9 +121,9 @@ def triplet_semihard_loss(labels, embeddings, margin=1.0, metric: str = "l2",
     negative), `mean_positive_distance`, `mean_negative_distance`.
   """
   labels, dtype, embeddings, margin, finite = _prepare(labels, embeddings, margin, metric)
-  _check_backend(mining_backend)
-  sums_fn = functools.partial(mining.semihard_sums, backend=mining_backend)
-  sums = _sum_over_anchor_blocks(sums_fn, labels, embeddings, margin, metric)
+  method = mining.resolve_backend(mining_backend, num_columns=labels.shape[0])
+  sums = mining.sum_over_anchor_blocks(mining.semihard_sums, labels, embeddings, margin, metric,
+                                       method)
   num_pairs = sums.num_positive_pairs
   loss = _safe_mean(sums.hinge_sum, num_pairs)
   stats = None
@@ -215,7 +151,7 @@ def triplet_hard_loss(labels, embeddings, margin=1.0, soft: bool = False, metric
     negative), `fraction_active`, `mean_positive_distance`, `mean_negative_distance`.
   """
   labels, dtype, embeddings, margin, finite = _prepare(labels, embeddings, margin, metric)
-  hardest = _map_over_anchor_blocks(mining.hardest_pairs, labels, embeddings, metric)
+  hardest = mining.map_over_anchor_blocks(mining.hardest_pairs, labels, embeddings, metric)
   gap = hardest.positive_distance - hardest.negative_distance
   per_anchor = jax.nn.softplus(gap) if soft else jnp.maximum(gap + margin, 0.0)
   loss = jnp.mean(per_anchor)
@@ -244,9 +180,9 @@ def batch_all_triplet_loss(labels, embeddings, margin=1.0, metric: str = "l2",
     `num_active_triplets`, `fraction_active` (active / valid).
   """
   labels, dtype, embeddings, margin, finite = _prepare(labels, embeddings, margin, metric)
-  _check_backend(mining_backend)
-  sums_fn = functools.partial(mining.batch_all_sums, backend=mining_backend)
-  sums = _sum_over_anchor_blocks(sums_fn, labels, embeddings, margin, metric)
+  method = mining.resolve_backend(mining_backend, num_columns=labels.shape[0])
+  sums = mining.sum_over_anchor_blocks(mining.batch_all_sums, labels, embeddings, margin,
+                                       metric, method)
   num_active, num_valid = sums.num_active, sums.num_valid
   loss = _safe_mean(sums.hinge_sum, num_active)
   stats = None
@@ -293,7 +229,7 @@ def contrastive_loss(labels, embeddings, margin=1.0, metric: str = "l2",
 
 
 def contrastive_pair_loss(same, left, right, margin=1.0):
-  """Contrastive loss of given pairs (seed 001): `same[N]` is 1 for a same-class pair, else 0.
+  """Contrastive loss of given pairs (Hadsell et al.): `same[N]` is 1 for a same-class pair.
 
   Args:
     same: [N] 0/1 (int or bool): 1 = same class (pull together), 0 = different (push apart).
@@ -316,19 +252,20 @@ def contrastive_pair_loss(same, left, right, margin=1.0):
   validation.check_margin(margin)
   (left32, right32), finite = _poison_unless_finite(left.astype(jnp.float32),
                                                     right.astype(jnp.float32))
-  distance = distances_lib._safe_sqrt(jnp.sum((left32 - right32) ** 2, axis=1))
+  distance = distances_lib.safe_sqrt(jnp.sum((left32 - right32) ** 2, axis=1))
   loss = jnp.mean(_contrastive_terms(same.astype(bool), distance, margin))
   return _finish(loss, left.dtype, None, False, finite)
 
 
 def triplet_loss(anchor, positive, negative, margin=0.5):
-  """Explicit triplet loss on squared L2 (seed 003, the Keras Siamese network).
+  """Explicit triplet loss on squared L2, as in the Keras example "Image similarity estimation
+  using a Siamese Network with a triplet loss".
 
   L = mean over rows of max(||a - p||^2 - ||a - n||^2 + margin, 0).
 
   Args:
     anchor, positive, negative: [N, D] embeddings.
-    margin: margin >= 0 (default 0.5, as in seed 003).
+    margin: margin >= 0 (default 0.5, as in that example).
   """
   anchor = validation.check_embeddings(anchor, "anchor")
   positive = validation.check_embeddings(positive, "positive")
@@ -345,13 +282,44 @@ def triplet_loss(anchor, positive, negative, margin=0.5):
   return _finish(loss, anchor.dtype, None, False, finite)
 
 
-# Mined losses by name, as configs refer to them. Each takes (labels, embeddings, **options).
-MINED_LOSSES = {
-    "semihard": triplet_semihard_loss,
-    "hard": triplet_hard_loss,
-    "batch_all": batch_all_triplet_loss,
-    "contrastive": contrastive_loss,
+@dataclasses.dataclass(frozen=True)
+class MinedLoss:
+  """A loss of `MINED_LOSSES`: called like its function, `loss(labels, embeddings, **options)`.
+
+  Attributes:
+    fn: the loss function.
+    options: the keyword options it takes besides `return_stats`.
+    stats: the keys of the statistics it returns with `return_stats=True`.
+  """
+  fn: Callable[..., Any]
+  options: tuple[str, ...]
+  stats: tuple[str, ...]
+
+  def __call__(self, labels, embeddings, **options):
+    return self.fn(labels, embeddings, **options)
+
+  @property
+  def sorts_rows(self) -> bool:
+    """Whether its miner sorts distance rows (and so takes `mining_backend`)."""
+    return "mining_backend" in self.options
+
+
+# The losses of a labelled batch, by the names configs use. A new loss: its function above, its
+# NumPy twin in `tripletjax.reference`, and an entry here; configs, the trainer, the benchmarks
+# and the tests take their lists from this dict.
+MINED_LOSSES: dict[str, MinedLoss] = {
+    "semihard": MinedLoss(
+        triplet_semihard_loss, options=("margin", "metric", "mining_backend"),
+        stats=("num_positive_pairs", "fraction_active", "num_fallback",
+               "mean_positive_distance", "mean_negative_distance")),
+    "hard": MinedLoss(
+        triplet_hard_loss, options=("margin", "soft", "metric"),
+        stats=("num_valid_anchors", "fraction_active", "mean_positive_distance",
+               "mean_negative_distance")),
+    "batch_all": MinedLoss(
+        batch_all_triplet_loss, options=("margin", "metric", "mining_backend"),
+        stats=("num_valid_triplets", "num_active_triplets", "fraction_active")),
+    "contrastive": MinedLoss(
+        contrastive_loss, options=("margin", "metric"),
+        stats=("num_positive_pairs", "num_negative_pairs", "fraction_active")),
 }
-# The losses of `MINED_LOSSES` whose miners sort rows and so take `mining_backend`.
-SORTING_LOSSES = tuple(name for name, loss in MINED_LOSSES.items()
-                       if "mining_backend" in inspect.signature(loss).parameters)

@@ -1,8 +1,18 @@
 """NumPy reference implementation of every loss, written for clarity rather than speed.
 
 This module is the ground truth that the tests and benchmarks compare `tripletjax.losses`
-against, so it follows the definitions in the project's REFERENCE.md literally and shares no
-code with the JAX implementation:
+against, so it follows the published definitions literally and shares no code with the JAX
+implementation:
+
+  * semi-hard and hard: TensorFlow Addons' `triplet_semihard_loss` and `triplet_hard_loss`
+    (tensorflow_addons/losses/triplet.py), except that a batch without a positive pair gives 0
+    where TFA gives NaN;
+  * batch-all: O. Moindrot, "Triplet Loss and Online Triplet Mining in TensorFlow" (2018);
+  * contrastive: Hadsell, Chopra and LeCun, 2006, L = 0.5 * (y d^2 + (1 - y) max(m - d, 0)^2);
+  * explicit triplets: the Keras "Image similarity estimation using a Siamese Network with a
+    triplet loss" example, max(||a - p||^2 - ||a - n||^2 + m, 0).
+
+How it is written:
 
   * everything is computed in float64 from the inputs (half-precision inputs are upcast);
   * distances come from exact differences x_i - x_j, never from the Gram-matrix identity;
@@ -381,3 +391,12 @@ def triplet_loss(anchor, positive, negative, margin: float = 0.5) -> float:
 def _safe_ratio(numerator: float, denominator: float) -> float:
   """numerator / denominator, and 0.0 when there is nothing to divide by."""
   return float(numerator) / float(denominator) if denominator else 0.0
+
+
+# The reference of every loss of `tripletjax.losses.MINED_LOSSES`, by the same names.
+MINED_LOSSES = {
+    "semihard": triplet_semihard_loss,
+    "hard": triplet_hard_loss,
+    "batch_all": batch_all_triplet_loss,
+    "contrastive": contrastive_loss,
+}

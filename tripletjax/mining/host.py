@@ -1,17 +1,14 @@
-"""Semi-hard mining in NumPy, on the host: the fast path of `mining.semihard_sums` on CPU.
+"""Semi-hard mining in NumPy, on the host: the "numpy" backend of `mining.semihard_sums`.
 
-XLA:CPU sorts a 2048 x 2048 array row by row in ~1 s and makes several dense passes over the
-[B, B] matrix after the sort; NumPy sorts the same rows, packed into one uint64 key per entry,
-in ~45 ms, and the rest of semi-hard mining only needs the O(B^2 / classes) positive pairs.
-`mining.semihard_sums` calls `semihard_sums` here through `jax.pure_callback` on CPU (one
-device); the benchmark's vectorised NumPy baseline (`benchmarks/numpy_vectorized.py`) uses the
-same helpers.
+After one NumPy sort of every row, semi-hard mining needs only the O(B^2 / classes) positive
+pairs, where XLA would make a dozen dense passes over the [C, B] block. `mining.semihard`
+calls `semihard_sums` here through `jax.pure_callback`.
 
-The sort. Each row's entries become keys (value bits << 32 | tag << 31 | column), where the bits
-of a non-negative float32 order like the float itself. Among equal distances untagged entries
-(negatives) come first, so every negative to the right of a positive is strictly farther from
-the anchor: TensorFlow Addons' strict ">". The anchor's own entry is moved to the end of its row
-(key = largest float, tagged), so every row ends with a known tagged entry.
+The sort. Each row's entries become keys (`keys.pack_keys64`: value, tag, column). Among equal
+distances untagged entries (negatives) come first, so every negative to the right of a
+positive is strictly farther from the anchor: TensorFlow Addons' strict ">". The anchor's own
+entry is moved to the end of its row (key = largest float, tagged), so every row ends with a
+known tagged entry.
 
 Mining on the positive pairs. With the flat sorted positions of the tagged entries in hand (one
 `flatnonzero`), the semi-hard negative of a positive is the first untagged entry to its right:
@@ -30,55 +27,30 @@ from typing import NamedTuple
 
 import numpy as np
 
-# Word order of a uint64 viewed as two uint32.
-_HIGH, _LOW = (1, 0) if np.little_endian else (0, 1)
-FLOAT32_MAX_BITS = 0x7F7FFFFF  # Bits of the largest finite float32: sorts after any distance.
-NOT_SIGN = 0x7FFFFFFF          # Clears the sign bit: -0.0 would sort after every distance.
-TAG_BIT = 0x80000000           # The tag in the low word of a key.
+from tripletjax.mining import keys
 
 
-def sorted_keys64(values: np.ndarray, tags: np.ndarray, anchor_columns: np.ndarray,
-                  anchor_tag: bool) -> np.ndarray:
-  """Rows of uint64 keys (value bits << 32 | tag << 31 | column), each row sorted.
+def sorted_keys_anchor_last(values: np.ndarray, tags: np.ndarray,
+                            anchor_columns: np.ndarray) -> np.ndarray:
+  """Rows of uint64 keys (`keys.pack_keys64`), each row sorted, its anchor's entry last.
 
   Args:
     values: [C, B] float32, >= 0 (-0.0 allowed).
     tags: [C, B] bool; among equal values untagged entries come first.
-    anchor_columns: [C] column of each row's anchor, whose key becomes the largest one.
-    anchor_tag: the tag given to the anchors' entries.
+    anchor_columns: [C] column of each row's anchor, whose key becomes the largest one
+      (tagged).
 
   Returns:
     [C, B] uint64 sorted keys.
   """
-  num_rows, num_columns = values.shape
-  keys = np.empty((num_rows, num_columns), np.uint64)
-  words = keys.view(np.uint32).reshape(num_rows, num_columns, 2)
-  np.bitwise_and(np.ascontiguousarray(values, np.float32).view(np.uint32), NOT_SIGN,
-                 out=words[..., _HIGH])
-  np.left_shift(tags, 31, out=words[..., _LOW], dtype=np.uint32, casting="unsafe")
-  words[..., _LOW] |= np.arange(num_columns, dtype=np.uint32)
-  rows = np.arange(num_rows)
+  row_keys = keys.pack_keys64(values, tags)
+  words = keys.key_words(row_keys)
+  rows = np.arange(row_keys.shape[0])
   anchor_columns = np.asarray(anchor_columns, np.int64)
-  words[rows, anchor_columns, _HIGH] = FLOAT32_MAX_BITS
-  words[rows, anchor_columns, _LOW] = (anchor_columns.astype(np.uint32)
-                                       | np.uint32(TAG_BIT if anchor_tag else 0))
-  keys.sort(axis=1)
-  return keys
-
-
-def low_words(keys: np.ndarray) -> np.ndarray:
-  """[C, B] int32 view of the keys' low words: negative where tagged."""
-  return keys.view(np.int32).reshape(*keys.shape, 2)[..., _LOW]
-
-
-def key_values(keys: np.ndarray, flat_positions: np.ndarray) -> np.ndarray:
-  """float32 values of the keys at `flat_positions` of the flattened array."""
-  return (keys.reshape(-1)[flat_positions] >> np.uint64(32)).astype(np.uint32).view(np.float32)
-
-
-def key_columns(keys: np.ndarray, flat_positions: np.ndarray) -> np.ndarray:
-  """int64 original columns of the keys at `flat_positions` of the flattened array."""
-  return (keys.reshape(-1)[flat_positions] & np.uint64(NOT_SIGN)).astype(np.int64)
+  words[rows, anchor_columns, keys.HIGH] = keys.FLOAT32_MAX_BITS
+  words[rows, anchor_columns, keys.LOW] = anchor_columns.astype(np.uint32) | np.uint32(keys.TAG_BIT)
+  row_keys.sort(axis=1)
+  return row_keys
 
 
 class SemiHardPairs(NamedTuple):
@@ -134,8 +106,8 @@ class SemiHardTotals(NamedTuple):
 
 
 # NumPy sorts on one thread but releases the GIL: blocks of at least this many entries are
-# split into one slice of rows per core, mined in parallel (1.7-1.8x faster on 2 cores at
-# 2048 x 2048).
+# split into one slice of rows per core, mined in parallel (smaller blocks are not worth the
+# threads' overhead).
 _PARALLEL_MIN_ENTRIES = 2**18
 _pool = None
 
@@ -171,15 +143,14 @@ def _semihard_rows(distances, same, anchor_columns, margin, gradient):
     float64.
   """
   num_columns = distances.shape[1]
-  keys = sorted_keys64(distances, same, anchor_columns, anchor_tag=True)
-  pairs = semihard_pairs(np.flatnonzero(low_words(keys) < 0), num_columns)
-  flat_keys = keys.reshape(-1)
+  row_keys = sorted_keys_anchor_last(distances, same, anchor_columns)
+  pairs = semihard_pairs(np.flatnonzero(keys.low_words(row_keys) < 0), num_columns)
+  flat_keys = row_keys.reshape(-1)
   positive_keys = flat_keys[pairs.positive]
   negative_keys = flat_keys[pairs.negative]
-  value = lambda k: (k >> np.uint64(32)).astype(np.uint32).view(np.float32)
-  column = lambda k: (k & np.uint64(NOT_SIGN)).astype(np.int64)
-  positive_distance = value(positive_keys)
-  negative_distance = np.where(pairs.has_negative, value(negative_keys), np.float32(0.0))
+  positive_distance = keys.key_values(positive_keys)
+  negative_distance = np.where(pairs.has_negative, keys.key_values(negative_keys),
+                               np.float32(0.0))
   hinge = np.maximum(margin + positive_distance - negative_distance, np.float32(0.0))
   active = hinge > 0
   if gradient is not None:
@@ -189,13 +160,14 @@ def _semihard_rows(distances, same, anchor_columns, margin, gradient):
     row_start = lambda position: position - position % num_columns
     flat = gradient.reshape(-1)
     positive = pairs.positive[active]
-    flat[row_start(positive) + column(positive_keys[active])] = 1.0
+    flat[row_start(positive) + keys.key_columns(positive_keys[active])] = 1.0
     with_negative = active & pairs.has_negative
     negative = pairs.negative[with_negative]
     if negative.size:
       starts = np.flatnonzero(np.diff(negative, prepend=-1))
       counts = np.diff(starts, append=negative.size).astype(np.float32)
-      flat[row_start(negative[starts]) + column(negative_keys[with_negative][starts])] -= counts
+      flat[row_start(negative[starts])
+           + keys.key_columns(negative_keys[with_negative][starts])] -= counts
   return (hinge.sum(dtype=np.float64), pairs.positive.size, np.count_nonzero(active),
           np.count_nonzero(pairs.has_negative & ~pairs.is_semihard),
           positive_distance.sum(dtype=np.float64), negative_distance.sum(dtype=np.float64))
@@ -206,7 +178,7 @@ def semihard_sums(distances: np.ndarray, same: np.ndarray, anchor_index: np.ndar
                   margin: np.ndarray, with_gradient: bool) -> SemiHardTotals:
   """Semi-hard hinge sums over the positive pairs of a block of anchors (TFA semantics).
 
-  The NumPy twin of `mining.semihard_sums` (see there for the semantics); sums accumulate in
+  The NumPy twin of `mining.semihard.semihard_sums` (see there for the semantics); sums accumulate in
   float64. Rows are independent, so large blocks are mined in slices of rows, one per core.
 
   Args:

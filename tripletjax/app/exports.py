@@ -10,7 +10,6 @@ points (`PLOT_DATA_COLUMNS`), so the numbers behind a plot can be reused and che
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import warnings
@@ -510,35 +509,3 @@ def write_report(
   with open(report_path, "w", encoding="utf-8") as report_file:
     report_file.write("\n".join(lines))
   return report_path
-
-
-def read_metrics_jsonl(path) -> list[dict]:
-  """Reads one JSON object per line, skipping blank lines.
-
-  A run killed mid-write leaves a truncated last line; that line is dropped (with a warning).
-  An unparsable line anywhere else means real corruption and raises.
-
-  Args:
-    path: the .jsonl file.
-
-  Returns:
-    The records, in file order.
-  """
-  with open(path, encoding="utf-8") as jsonl_file:
-    lines = jsonl_file.read().splitlines()
-  numbered = [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
-  records = []
-  for position, (number, line) in enumerate(numbered):
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as error:
-      if position == len(numbered) - 1:
-        warnings.warn(f"{os.fspath(path)}: dropping truncated last line {number}.", stacklevel=2)
-        break
-      raise ValueError(f"{os.fspath(path)}, line {number}: invalid JSON ({error}).") from error
-    if not isinstance(record, dict):
-      raise ValueError(
-          f"{os.fspath(path)}, line {number}: expected a JSON object, got "
-          f"{type(record).__name__}.")
-    records.append(record)
-  return records

@@ -1,7 +1,9 @@
-"""Small CNN embedding models reproducing the Keras models of the seed experiments.
+"""Small CNN embedding models reproducing two published Keras triplet-loss examples.
 
-`TFACNN` is the network of the TensorFlow Addons triplet-loss tutorial (seed 000); `HsuCNN`
-is the strided LeakyReLU network of seed 002. Both flatten their last feature map, so the
+`TFACNN` is the network of the TensorFlow Addons triplet-loss tutorial ("TensorFlow Addons
+Losses: TripletSemiHardLoss", tensorflow.org/addons/tutorials/losses_triplet); `HsuCNN` is the
+strided LeakyReLU network of A. Hsu's "NeuralNetwork-02 Triplet Loss Example at MNIST"
+(augustushsu.github.io/2020/06/10/NeuralNetwork-02/). Both flatten their last feature map, so the
 size of their Dense layer depends on the input size: they take `input_shape` at
 construction (NNX creates parameters eagerly) and reject images of any other shape.
 Kernels use Keras' default Glorot-uniform initialisation, biases start at zero, as in the
@@ -16,7 +18,7 @@ import math
 import jax
 from flax import nnx
 
-from tripletjax.models import EmbeddingOutput, normalize_embeddings
+from tripletjax.app.models.embedding import EmbeddingOutput, normalize_embeddings
 
 _KERAS_KERNEL_INIT = nnx.initializers.glorot_uniform()
 
@@ -37,7 +39,7 @@ def _check_input_shape(input_shape: tuple[int, int, int]) -> tuple[int, int, int
 
 
 class TFACNN(nnx.Module):
-  """The TensorFlow Addons triplet-loss tutorial CNN (seed 000).
+  """The CNN of the TensorFlow Addons triplet-loss tutorial.
 
   Conv 64 2x2 'SAME' relu -> MaxPool 2 -> Dropout 0.3 -> Conv 32 2x2 'SAME' relu ->
   MaxPool 2 -> Dropout 0.3 -> Flatten -> Dense(embedding_dim) -> L2 normalise.
@@ -91,7 +93,7 @@ class TFACNN(nnx.Module):
 
 
 class HsuCNN(nnx.Module):
-  """The strided LeakyReLU CNN of seed 002.
+  """The strided LeakyReLU CNN of Hsu's MNIST triplet-loss example.
 
   Conv 64 5x5 stride 2 'SAME' -> LeakyReLU(0.3) -> Dropout 0.3 -> Conv 64 5x5 stride 2
   'SAME' -> LeakyReLU(0.3) -> Dropout 0.3 -> Flatten -> Dense(embedding_dim) -> L2 normalise.
@@ -99,9 +101,9 @@ class HsuCNN(nnx.Module):
   The slope 0.3 is Keras' LeakyReLU default (Flax's default is 0.01). 'SAME' stride-2
   convolutions give ceil(H / 4) x ceil(W / 4) maps: 28x28 -> 7x7, 8x8 -> 2x2.
 
-  `batch_norm=True` (not in seed 002) puts a BatchNorm between each convolution (then without
-  bias) and its activation. It adds 128 parameters and little time, and lets a higher learning
-  rate train well: configs/fashion_mnist.py records runs with and without it.
+  `batch_norm=True` (not in the original) puts a BatchNorm between each convolution (then
+  without bias) and its activation. It adds 128 parameters and lets a higher learning rate
+  train well (configs/fashion_mnist.py uses it).
   """
 
   def __init__(self, input_shape: tuple[int, int, int], *, embedding_dim: int = 200,

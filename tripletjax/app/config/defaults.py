@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
   config.data.max_train = ml_collections.FieldReference(None, field_type=int)
   config.data.max_test = ml_collections.FieldReference(None, field_type=int)
-  config.data.augment = "none"  # none | flip | shift | flip_shift (tripletjax.augmentations)
+  config.data.augment = "none"  # none | flip | shift | flip_shift (app/data/augmentations.py)
   config.data.max_shift = 2  # shift, flip_shift: largest translation in pixels.
 
   config.model = ml_collections.ConfigDict()
@@ -41,6 +41,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.margin = 0.5
   config.loss.metric = "l2"  # l2 | squared_l2 | angular
   config.loss.soft = False  # hard only: softplus instead of the hinge.
+  # semihard, batch_all: where rows are sorted and mined, auto | numpy | xla
+  # (tripletjax.mining.backend decides what "auto" means on this machine).
+  config.loss.mining_backend = "auto"
 
   config.batch = ml_collections.ConfigDict()
   config.batch.sampler = "shuffled"  # shuffled | balanced (P classes x K examples)

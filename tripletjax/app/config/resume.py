@@ -14,7 +14,7 @@ from typing import Any
 
 import ml_collections
 
-from tripletjax import errors
+from tripletjax.app import errors
 
 CONFIG_FILE = "config.json"
 CHANGES_FILE = "config_changes.jsonl"

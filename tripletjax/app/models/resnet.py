@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tripletjax.models import EmbeddingOutput, normalize_embeddings
+from tripletjax.app.models.embedding import EmbeddingOutput, normalize_embeddings
 
 # Under stem="auto", images at least this large (in height and width) get the ImageNet stem.
 IMAGENET_STEM_MIN_SIZE = 64

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import jax
 import orbax.checkpoint as ocp
 
-from tripletjax import errors
+from tripletjax.app import errors
 
 UNUSABLE_DIR = "unusable"
 

@@ -3,8 +3,8 @@
 `check_config` raises `errors.ConfigError` (a ValueError) naming the key, the value and what is
 allowed, e.g. "config.model.embedding_dim=0: must be an integer >= 1", instead of letting a bad
 value fail deep inside a run (a ZeroDivisionError in an initializer, a NaN learning rate, an
-int64 seed that JAX wraps). `train.check_config` calls it; `main` calls that before it creates
-the workdir or loads data.
+int64 seed that JAX wraps). `main` calls it before it creates the workdir or loads data, and
+`train.train_and_evaluate` before it trains.
 """
 
 from __future__ import annotations
@@ -14,16 +14,19 @@ import math
 import numbers
 from typing import Any, Iterable
 
+import jax
 import ml_collections
 
-from tripletjax import augmentations
-from tripletjax import datasets
-from tripletjax import default_config
-from tripletjax import errors
 from tripletjax import losses
-from tripletjax import models
-from tripletjax import samplers
+from tripletjax import mining
 from tripletjax import validation
+from tripletjax.app import errors
+from tripletjax.app import models
+from tripletjax.app import optimizers
+from tripletjax.app.config import defaults
+from tripletjax.app.data import augmentations
+from tripletjax.app.data import datasets
+from tripletjax.app.data import samplers
 
 # Seeds seed JAX keys (seed and seed + 1), which keep only their low 32 bits.
 SEED_LIMIT = 2**31
@@ -96,7 +99,7 @@ class _Checker:
 
 def _check_known_keys(config: ml_collections.ConfigDict,
                       defaults: ml_collections.ConfigDict, prefix: str = "config") -> None:
-  """Every key of `config` must be one of `default_config`: a misspelt key in a config file
+  """Every key of `config` must be one of `defaults.get_config()`: a misspelt key in a config file
   would otherwise be silently ignored (command-line overrides are checked by ml_collections)."""
   for key in config.keys():
     if key not in defaults:
@@ -113,16 +116,16 @@ def _check_known_keys(config: ml_collections.ConfigDict,
       _check_known_keys(value, default, f"{prefix}.{key}")
 
 
-def check_config(config: ml_collections.ConfigDict, *, optimizers: Iterable[str],
-                 schedules: Iterable[str], num_devices: int) -> None:
+def check_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """Raises `errors.ConfigError` for the first value of `config` that is not allowed.
 
   Args:
-    config: a training config (`default_config.get_config()` with changes).
-    optimizers, schedules: the valid `optimizer.name` and `optimizer.schedule` values.
-    num_devices: the devices the batch is split over (`jax.device_count()`).
+    config: a training config (`defaults.get_config()` with changes).
+    num_devices: the devices the batch is split over; default `jax.device_count()`.
   """
-  _check_known_keys(config, default_config.get_config())
+  if num_devices is None:
+    num_devices = jax.device_count()
+  _check_known_keys(config, defaults.get_config())
   check = _Checker(config)
 
   check.integer("seed", 0, below=SEED_LIMIT)
@@ -131,11 +134,11 @@ def check_config(config: ml_collections.ConfigDict, *, optimizers: Iterable[str]
   check.boolean("quiet")
 
   name = check["data.name"]
-  prefix = datasets.TFDS_PREFIX
-  if not (name in datasets.DATASET_NAMES[:-1]
-          or (isinstance(name, str) and name.startswith(prefix) and len(name) > len(prefix))):
-    close = difflib.get_close_matches(str(name), datasets.DATASET_NAMES[:-1], n=1)
-    _fail("data.name", name, f"must be one of {', '.join(datasets.DATASET_NAMES)}",
+  try:
+    datasets.find_loader(name)
+  except errors.DataError:
+    close = difflib.get_close_matches(str(name), list(datasets.DATASETS), n=1)
+    _fail("data.name", name, f"must be one of {', '.join(datasets.dataset_names())}",
           f"did you mean {close[0]!r}?" if close else None)
   data_dir = check["data.data_dir"]
   if data_dir is not None and (not isinstance(data_dir, str) or not data_dir):
@@ -151,19 +154,28 @@ def check_config(config: ml_collections.ConfigDict, *, optimizers: Iterable[str]
   check.integer("model.width", 1, optional=True)
   check.number("model.dropout_rate", minimum=0.0, below=1.0, optional=True)
   check.boolean("model.batch_norm", optional=True)
-  accepted = models._model_kwargs(model_name)
-  for option in ("width", "dropout_rate", "batch_norm"):
-    if check[f"model.{option}"] is not None and option not in accepted:
-      _fail(f"model.{option}", check[f"model.{option}"],
+  accepted = models.MODELS[model_name].options
+  for option, value in config.model.items():
+    if option in models.OPTION_NAMES and value is not None and option not in accepted:
+      _fail(f"model.{option}", value,
             f"model {model_name!r} has no such option; leave it None (its options: "
-            f"{', '.join(accepted)})")
+            f"{', '.join(sorted(accepted))})")
 
   check.choice("loss.name", losses.MINED_LOSSES)
   check.number("loss.margin", minimum=0.0)
   check.choice("loss.metric", validation.METRICS)
   check.boolean("loss.soft")
+  check.choice("loss.mining_backend", mining.BACKENDS)
+  # An option of another loss set away from its default would be silently ignored.
+  loss_options = losses.MINED_LOSSES[config.loss.name].options
+  default_loss = defaults.get_config().loss
+  for option, value in config.loss.items():
+    if option not in ("name", *loss_options) and value != default_loss[option]:
+      _fail(f"loss.{option}", value,
+            f"loss {config.loss.name!r} has no such option (its options: "
+            f"{', '.join(loss_options)}); leave it at {default_loss[option]!r}")
 
-  check.choice("batch.sampler", samplers.SAMPLER_KINDS)
+  check.choice("batch.sampler", samplers.SAMPLERS)
   for key in ("batch.batch_size", "batch.classes_per_batch", "batch.samples_per_class"):
     check.integer(key, 1)
   batch = config.batch
@@ -183,9 +195,9 @@ def check_config(config: ml_collections.ConfigDict, *, optimizers: Iterable[str]
           f"must divide the batch size per device ({batch.batch_size} / {num_devices} "
           f"device(s) = {batch.batch_size // num_devices})")
 
-  check.choice("optimizer.name", optimizers)
+  check.choice("optimizer.name", optimizers.OPTIMIZERS)
   check.number("optimizer.learning_rate", minimum=0.0, exclusive_minimum=True)
-  check.choice("optimizer.schedule", schedules)
+  check.choice("optimizer.schedule", optimizers.SCHEDULES)
   check.integer("optimizer.warmup_steps", 0)
   check.number("optimizer.weight_decay", minimum=0.0)
   check.number("optimizer.momentum", minimum=0.0, below=1.0)

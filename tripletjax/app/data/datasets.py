@@ -23,16 +23,16 @@ import os
 import socket
 import struct
 import zlib
+from typing import Callable
 
 import numpy as np
 
-from tripletjax import errors
+from tripletjax.app import errors
 
 FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                              "Shirt", "Sneaker", "Bag", "Ankle boot")
 DIGIT_CLASS_NAMES = tuple(str(digit) for digit in range(10))
-DATASET_NAMES = ("digits", "fashion_mnist", "mnist", "tfds:<name>")
 TFDS_PREFIX = "tfds:"
 
 # The IDX files of MNIST and Fashion-MNIST, by split: (images, labels).
@@ -125,30 +125,58 @@ def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0,
       cannot be downloaded here.
     errors.ConfigError (a ValueError): max_train or max_test < 1.
   """
-  if name == "digits":
-    dataset = _load_digits(seed)
-  elif name == "fashion_mnist":
-    if data_dir is None:
-      if not os.path.isdir(FASHION_MNIST_DEBIAN_DIR):
-        raise errors.DataNotFoundError(
-            f"Fashion-MNIST not found at {FASHION_MNIST_DEBIAN_DIR}. Install it with "
-            "`apt-get install dataset-fashion-mnist`, or pass data_dir= a folder holding "
-            f"{_idx_file_list()}.")
-      data_dir = FASHION_MNIST_DEBIAN_DIR
-    dataset = _load_idx_dataset(name, data_dir, FASHION_MNIST_CLASS_NAMES)
-  elif name == "mnist":
-    if data_dir is None:
-      dataset = dataclasses.replace(_load_tfds("mnist", None), name="mnist")
-    else:
-      dataset = _load_idx_dataset(name, data_dir, DIGIT_CLASS_NAMES)
-  elif name.startswith(TFDS_PREFIX) and len(name) > len(TFDS_PREFIX):
-    dataset = _load_tfds(name[len(TFDS_PREFIX):], data_dir)
-  else:
-    raise errors.DataError(f"Unknown dataset {name!r}; expected one of {DATASET_NAMES}.")
+  dataset = find_loader(name)(name, data_dir, seed)
   return dataclasses.replace(
       dataset,
       train=_subsample(dataset.train, max_train, seed, "max_train"),
       test=_subsample(dataset.test, max_test, seed + 1, "max_test"))
+
+
+def _load_fashion_mnist(name: str, data_dir: str | None, seed: int) -> Dataset:
+  del seed
+  if data_dir is None:
+    if not os.path.isdir(FASHION_MNIST_DEBIAN_DIR):
+      raise errors.DataNotFoundError(
+          f"Fashion-MNIST not found at {FASHION_MNIST_DEBIAN_DIR}. Install it with "
+          "`apt-get install dataset-fashion-mnist`, or pass data_dir= a folder holding "
+          f"{_idx_file_list()}.")
+    data_dir = FASHION_MNIST_DEBIAN_DIR
+  return _load_idx_dataset(name, data_dir, FASHION_MNIST_CLASS_NAMES)
+
+
+def _load_mnist(name: str, data_dir: str | None, seed: int) -> Dataset:
+  del seed
+  if data_dir is None:
+    return dataclasses.replace(_load_tfds("mnist", None), name=name)
+  return _load_idx_dataset(name, data_dir, DIGIT_CLASS_NAMES)
+
+
+# Loaders by dataset name, and by name prefix ("tfds:mnist"): loader(name, data_dir, seed).
+DATASETS: dict[str, Callable[[str, str | None, int], Dataset]] = {
+    "digits": lambda name, data_dir, seed: _load_digits(seed),
+    "fashion_mnist": _load_fashion_mnist,
+    "mnist": _load_mnist,
+}
+DATASET_PREFIXES: dict[str, Callable[[str, str | None, int], Dataset]] = {
+    TFDS_PREFIX: lambda name, data_dir, seed: _load_tfds(name[len(TFDS_PREFIX):], data_dir),
+}
+
+
+def dataset_names() -> list[str]:
+  """The valid `name`s of `load_dataset`, prefixes shown as "prefix<name>"."""
+  return sorted(DATASETS) + [f"{prefix}<name>" for prefix in sorted(DATASET_PREFIXES)]
+
+
+def find_loader(name) -> Callable[[str, str | None, int], Dataset]:
+  """The loader of dataset `name`; `errors.DataError` listing the valid names if none."""
+  if isinstance(name, str):
+    if name in DATASETS:
+      return DATASETS[name]
+    for prefix, loader in DATASET_PREFIXES.items():
+      if name.startswith(prefix) and len(name) > len(prefix):
+        return loader
+  raise errors.DataError(f"Unknown dataset {name!r}; expected one of "
+                         f"{', '.join(dataset_names())}.")
 
 
 def num_examples_per_class(labels: np.ndarray, num_classes: int | None = None) -> np.ndarray:

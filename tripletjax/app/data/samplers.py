@@ -12,11 +12,9 @@ uninterrupted run would have seen.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
-
-SAMPLER_KINDS = ("shuffled", "balanced")
 
 
 def _check_labels(labels) -> np.ndarray:
@@ -153,13 +151,40 @@ class ClassBalancedBatches:
           [example_queues[class_index].take(self.samples_per_class) for class_index in chosen])
 
 
+def _shuffled(labels, batch_size, classes_per_batch, samples_per_class, seed):
+  del classes_per_batch, samples_per_class
+  if batch_size is None:
+    raise ValueError('The "shuffled" sampler needs a batch_size.')
+  return ShuffledBatches(labels, batch_size, seed)
+
+
+def _balanced(labels, batch_size, classes_per_batch, samples_per_class, seed):
+  if classes_per_batch is None or samples_per_class is None:
+    raise ValueError('The "balanced" sampler needs classes_per_batch (P) and '
+                     "samples_per_class (K).")
+  if batch_size is not None and batch_size != classes_per_batch * samples_per_class:
+    raise ValueError(
+        f"batch_size {batch_size} is inconsistent with the balanced sampler's "
+        f"classes_per_batch (P) x samples_per_class (K) = {classes_per_batch} x "
+        f"{samples_per_class} = {classes_per_batch * samples_per_class}; set batch_size to "
+        "P x K.")
+  return ClassBalancedBatches(labels, classes_per_batch, samples_per_class, seed)
+
+
+# Samplers by name: sampler(labels, batch_size, classes_per_batch, samples_per_class, seed).
+SAMPLERS: dict[str, Callable[..., ShuffledBatches | ClassBalancedBatches]] = {
+    "shuffled": _shuffled,
+    "balanced": _balanced,
+}
+
+
 def make_sampler(kind: str, labels, *, batch_size: int | None,
                  classes_per_batch: int | None = None, samples_per_class: int | None = None,
                  seed: int) -> ShuffledBatches | ClassBalancedBatches:
   """Builds the sampler of a config.
 
   Args:
-    kind: "shuffled" or "balanced".
+    kind: a name of `SAMPLERS`: "shuffled" or "balanced".
     labels: int [N] labels of the training examples.
     batch_size: examples per batch. For "balanced" it must equal P * K, or be None.
     classes_per_batch: P, "balanced" only.
@@ -169,19 +194,6 @@ def make_sampler(kind: str, labels, *, batch_size: int | None,
   Returns:
     The sampler.
   """
-  if kind == "shuffled":
-    if batch_size is None:
-      raise ValueError('The "shuffled" sampler needs a batch_size.')
-    return ShuffledBatches(labels, batch_size, seed)
-  if kind == "balanced":
-    if classes_per_batch is None or samples_per_class is None:
-      raise ValueError('The "balanced" sampler needs classes_per_batch (P) and '
-                       "samples_per_class (K).")
-    if batch_size is not None and batch_size != classes_per_batch * samples_per_class:
-      raise ValueError(
-          f"batch_size {batch_size} is inconsistent with the balanced sampler's "
-          f"classes_per_batch (P) x samples_per_class (K) = {classes_per_batch} x "
-          f"{samples_per_class} = {classes_per_batch * samples_per_class}; set batch_size to "
-          "P x K.")
-    return ClassBalancedBatches(labels, classes_per_batch, samples_per_class, seed)
-  raise ValueError(f"Unknown sampler {kind!r}; expected one of {SAMPLER_KINDS}.")
+  if kind not in SAMPLERS:
+    raise ValueError(f"Unknown sampler {kind!r}; expected one of {tuple(SAMPLERS)}.")
+  return SAMPLERS[kind](labels, batch_size, classes_per_batch, samples_per_class, seed)

@@ -1,0 +1,1 @@
+"""Training data on the host: datasets by name, batch samplers, augmentations."""

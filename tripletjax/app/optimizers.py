@@ -1,0 +1,45 @@
+"""Optax optimizers and learning-rate schedules by name (`config.optimizer`)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import ml_collections
+import optax
+
+# name -> schedule(optimizer config, total steps).
+SCHEDULES: dict[str, Callable[[ml_collections.ConfigDict, int], optax.Schedule]] = {
+    "constant": lambda opt, total_steps: optax.constant_schedule(opt.learning_rate),
+    "cosine": lambda opt, total_steps: optax.cosine_decay_schedule(
+        opt.learning_rate, max(total_steps, 1)),
+    "warmup_cosine": lambda opt, total_steps: optax.warmup_cosine_decay_schedule(
+        0.0, opt.learning_rate, min(opt.warmup_steps, max(total_steps - 1, 0)),
+        max(total_steps, 1)),
+}
+
+# name -> optimizer(optimizer config, schedule).
+OPTIMIZERS: dict[str, Callable[[ml_collections.ConfigDict, optax.Schedule],
+                               optax.GradientTransformation]] = {
+    "adam": lambda opt, schedule: optax.adam(schedule),
+    "adamw": lambda opt, schedule: optax.adamw(schedule, weight_decay=opt.weight_decay),
+    "sgd": lambda opt, schedule: optax.sgd(schedule, momentum=opt.momentum),
+}
+
+
+def make_optimizer(optimizer_config: ml_collections.ConfigDict, total_steps: int
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The Optax optimizer of `config.optimizer` and its learning-rate schedule.
+
+  Raises:
+    ValueError: for a name that is not in `OPTIMIZERS` or `SCHEDULES`.
+  """
+  opt = optimizer_config
+  for kind, registry, name in (("optimizer", OPTIMIZERS, opt.name),
+                               ("schedule", SCHEDULES, opt.schedule)):
+    if name not in registry:
+      raise ValueError(f"Unknown {kind} {name!r}; expected one of {sorted(registry)}.")
+  schedule = SCHEDULES[opt.schedule](opt, total_steps)
+  tx = OPTIMIZERS[opt.name](opt, schedule)
+  if opt.grad_clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
+  return tx, schedule

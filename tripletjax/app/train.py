@@ -1,0 +1,250 @@
+"""The training loop: `train_and_evaluate(config, workdir)` trains, evaluates and exports.
+
+A batch goes `data.datasets` (images on the host) -> `data.samplers` (indices of a global
+batch, deterministic given seed and epoch) -> `data.augmentations` (deterministic too) ->
+`parallel.shard_batch` (each process puts its rows on its devices) -> `train_step` (forward,
+loss mined over the global batch, Optax update). Around the steps: metrics (`metric_logging`),
+evaluation (`evaluation`), checkpoints (`checkpointing`, resumed at the exact step), stop
+signals (`preemption`) and, at the end, the exports (`reports`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from tripletjax.app import checkpointing
+from tripletjax.app import errors
+from tripletjax.app import evaluation
+from tripletjax.app import exports
+from tripletjax.app import metric_logging
+from tripletjax.app import parallel
+from tripletjax.app import preemption
+from tripletjax.app import reports
+from tripletjax.app import train_step
+from tripletjax.app.config import checks
+from tripletjax.app.config import resume
+from tripletjax.app.data import augmentations
+from tripletjax.app.data import datasets
+from tripletjax.app.data import samplers
+
+
+def _to_floats(record: dict) -> dict:
+  return {key: float(np.asarray(value)) for key, value in record.items()}
+
+
+def _mean_records(records: list[dict]) -> dict:
+  """Means of a window of step metrics (in float64, so a resumed window adds up the same)."""
+  return {k: float(np.mean(np.asarray([r[k] for r in records], np.float64))) for k in records[0]}
+
+
+# ----------------------------------------------------------------------------------------------
+# The training loop.
+
+
+def _restore(trainer, checkpoints, mesh):
+  """Restores the newest usable checkpoint into `trainer`; its meta, or None for a fresh run."""
+  replicated = parallel.replicated(mesh)
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+      train_step.training_state(trainer))
+  restored = checkpoints.restore_latest_usable(abstract, check=_check_meta)
+  if restored is None:
+    return None
+  _, state, meta = restored
+  train_step.set_training_state(trainer, state)
+  return meta
+
+
+def _check_meta(state, meta) -> None:
+  del state
+  missing = {"step", "epoch"} - set(meta)
+  if missing:
+    raise ValueError(f"its record lacks {sorted(missing)}")
+
+
+class NonFiniteStep(errors.UserError):
+  """A training step gave a non-finite loss or gradient (and optimizer.skip_nonfinite is off)."""
+
+
+def _first_nonfinite(flags: list, first_step: int) -> int | None:
+  """The step number of the first set flag, flags[i] belonging to step first_step + i."""
+  values = np.asarray(jax.device_get(flags)) if flags else np.zeros(0)
+  hits = np.flatnonzero(values)
+  return first_step + int(hits[0]) if hits.size else None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains, evaluates and exports into `workdir`; resumes from its last checkpoint.
+
+  Returns:
+    The final evaluation metrics (also written to `workdir/eval.json`).
+  """
+  checks.check_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  checkpoints = checkpointing.StepCheckpoints(os.path.join(workdir, "checkpoints"))
+  try:
+    # Before any work: a resume with a config that cannot continue this run is an error.
+    changes = resume.check_resume(config, workdir) if checkpoints.steps() else {}
+    with preemption.StopSignals() as stop_signals:
+      return _run(config, workdir, changes, checkpoints, stop_signals)
+  finally:
+    checkpoints.close()
+
+
+def _run(config, workdir, changes, checkpoints, stop_signals) -> dict:
+  """The body of `train_and_evaluate`: data, trainer, resume, the loop, evaluation, exports."""
+  is_main = jax.process_index() == 0
+  mesh = parallel.make_mesh()
+
+  dataset = datasets.load_dataset(config.data.name, config.data.data_dir, seed=config.seed,
+                                  max_train=config.data.max_train,
+                                  max_test=config.data.max_test)
+  sampler = samplers.make_sampler(
+      config.batch.sampler, dataset.train.labels, batch_size=config.batch.batch_size,
+      classes_per_batch=config.batch.classes_per_batch,
+      samples_per_class=config.batch.samples_per_class, seed=config.seed)
+  steps_per_epoch = sampler.steps_per_epoch
+  total_steps = steps_per_epoch * config.num_epochs
+  trainer = train_step.build_trainer(config, dataset.train.images.shape[1:], total_steps, mesh)
+  meta = _restore(trainer, checkpoints, mesh)
+  step = meta["step"] if meta else 0
+  train_seconds = meta.get("train_seconds", 0.0) if meta else 0.0
+  skipped_steps = meta.get("skipped_steps", 0) if meta else 0
+  window = [dict(r) for r in meta.get("window", [])] if meta else []
+  if is_main:
+    if meta:
+      print(f"Resuming from the checkpoint of step {step} (epoch {step / steps_per_epoch:.2f}) "
+            f"in {checkpoints.directory}.")
+    if changes:
+      print(f"Config changes on resume: {resume.describe_changes(changes)}.")
+    resume.record(config, workdir, step, changes)
+  # On resume, log lines written after the checkpoint by the interrupted run are dropped.
+  keep_until_step = step if meta else None
+  train_log = metric_logging.MetricLog(workdir, "metrics", keep_until_step, enabled=is_main)
+  eval_log = metric_logging.MetricLog(workdir, "eval", keep_until_step, enabled=is_main)
+
+  def save(step, epoch_done):
+    if step in checkpoints.steps():
+      return
+    checkpoints.save(step, train_step.training_state(trainer), {
+        "step": step, "epoch": epoch_done, "train_seconds": train_seconds,
+        "skipped_steps": skipped_steps, "rng_counts": train_step.rng_counts(trainer.model),
+        "window": [_to_floats(record) for record in jax.device_get(window)]})
+
+  pending_flags, pending_from = [], step + 1  # Non-finite flags not yet looked at.
+
+  def check_finite():
+    """Stops at the first non-finite step (unless skipping); counts skipped steps."""
+    nonlocal pending_flags, pending_from, skipped_steps
+    bad = _first_nonfinite(pending_flags, pending_from)
+    if bad is not None and not config.optimizer.skip_nonfinite:
+      good = checkpoints.latest_step()
+      where = (f"the last good checkpoint is {checkpoints.path(good)} (step {good})"
+               if good is not None else "no checkpoint was written yet")
+      raise NonFiniteStep(
+          f"training step {bad} (epoch {(bad - 1) // steps_per_epoch + 1}) gave a non-finite "
+          f"loss or gradient; stopped, {where}",
+          hint=f"likely causes: a learning rate too high (config.optimizer.learning_rate="
+               f"{config.optimizer.learning_rate}), non-finite values in the data; lower the "
+               "learning rate or set config.optimizer.grad_clip_norm, or set "
+               "config.optimizer.skip_nonfinite=True to skip such steps")
+    skipped_steps += int(np.sum(jax.device_get(pending_flags))) if pending_flags else 0
+    pending_flags, pending_from = [], step + 1
+
+  progress = tqdm(total=total_steps, initial=step, desc=f"{config.loss.name} on "
+                  f"{config.data.name}", unit="step", disable=not is_main or config.quiet,
+                  dynamic_ncols=True)
+  trainer.model.train()
+  test_embeddings = None
+  try:
+    for epoch in range(step // steps_per_epoch, config.num_epochs):
+      # Dropout masks depend only on (seed, epoch, step in epoch): a resumed run repeats them.
+      nnx.reseed(trainer.model, dropout=jax.random.fold_in(
+          jax.random.key(config.seed + 1), epoch))
+      done_in_epoch = step - epoch * steps_per_epoch
+      if done_in_epoch and meta:
+        train_step.set_rng_counts(trainer.model, meta["rng_counts"])
+      epoch_start = time.time()
+      for indices in itertools.islice(sampler.epoch(epoch), done_in_epoch, None):
+        if (signal_number := stop_signals.requested()) is not None:
+          _stop_on_signal(signal_number, step, epoch, steps_per_epoch, save, check_finite,
+                          checkpoints, progress)
+        images = augmentations.augment(dataset.train.images[indices], config.data.augment,
+                                       seed=config.seed, epoch=epoch,
+                                       step=step - epoch * steps_per_epoch,
+                                       max_shift=config.data.max_shift)
+        images, labels = parallel.shard_batch(mesh, images,
+                                              dataset.train.labels[indices].astype(np.int32))
+        metrics = trainer.train_step(trainer.model, trainer.optimizer, images, labels)
+        step += 1
+        pending_flags.append(metrics["nonfinite"])
+        window.append(metrics)
+        if step % config.log_every_steps == 0 or step == total_steps:
+          check_finite()
+          record = _mean_records(jax.device_get(window))
+          window = []
+          train_log.write(step, {"epoch": epoch + 1, "skipped_steps": skipped_steps, **record})
+          progress.set_postfix(loss=f"{record['loss']:.4f}",
+                               active=f"{record['fraction_active']:.3f}")
+        progress.update(1)
+      check_finite()
+      epoch_seconds = time.time() - epoch_start
+      train_seconds += epoch_seconds  # Training steps only: no evaluation, no checkpointing.
+
+      last_epoch = epoch + 1 == config.num_epochs
+      if (epoch + 1) % config.eval_every_epochs == 0 or last_epoch:
+        metrics, test_embeddings = evaluation.evaluate(trainer, mesh, dataset, seed=config.seed,
+                                                       with_train=last_epoch)
+        eval_log.write(step, {"epoch": epoch + 1, "epoch_seconds": epoch_seconds,
+                              "train_seconds": train_seconds, **metrics})
+        progress.write(f"epoch {epoch + 1}: precision@1 {metrics['precision_at_1']:.4f}  "
+                       f"MAP@R {metrics['map_at_r']:.4f}  ({epoch_seconds:.0f} s, "
+                       f"{train_seconds:.0f} s of training so far)")
+        if is_main and config.export.pca_every_eval:
+          exports.plot_pca(test_embeddings, dataset.test.labels,
+                           os.path.join(workdir, "plots", f"pca_2d_epoch{epoch + 1:03d}.png"),
+                           os.path.join(workdir, "plots", f"pca_3d_epoch{epoch + 1:03d}.png"),
+                           title=f"{config.loss.name}, epoch {epoch + 1}",
+                           class_names=dataset.class_names)
+      if (epoch + 1) % config.checkpoint_every_epochs == 0 or last_epoch:
+        save(step, epoch + 1)
+  finally:
+    progress.close()
+    train_log.close()
+    eval_log.close()
+  checkpoints.wait()
+
+  if test_embeddings is None:  # Resumed after the last epoch: evaluate the restored model.
+    metrics, test_embeddings = evaluation.evaluate(trainer, mesh, dataset, seed=config.seed,
+                                                   with_train=True)
+  final = dict(metrics)
+  final.update(loss=config.loss.name, dataset=config.data.name, epochs=config.num_epochs,
+               steps=step, train_seconds=train_seconds, skipped_steps=skipped_steps)
+  if is_main:
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+      json.dump(final, f, indent=2)
+    reports.write_exports(workdir, config, dataset, test_embeddings, final)
+  return final
+
+
+def _stop_on_signal(signal_number, step, epoch, steps_per_epoch, save, check_finite,
+                    checkpoints, progress):
+  """Writes a checkpoint of the exact `step` (mid-epoch too) and raises `Interrupted`."""
+  check_finite()  # Never checkpoint a state that went through a non-finite step.
+  save(step, step / steps_per_epoch)
+  checkpoints.wait()
+  progress.close()
+  name = signal.Signals(signal_number).name
+  raise preemption.Interrupted(
+      f"{name} received: stopped after step {step} (epoch {epoch + 1}), checkpoint written to "
+      f"{checkpoints.path(step)}; run the same command again to resume from it", signal_number)
