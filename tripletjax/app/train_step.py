@@ -1,8 +1,10 @@
 """The model, its optimizer and the compiled train step: forward, mined loss, Optax update.
 
-The train step is one jit-compiled function of (model, optimizer, images, labels). The state is
-replicated and the batch sharded over every device (`parallel`); XLA gathers the embeddings of
-all devices before the loss, so negatives come from the whole global batch.
+The direct train step is one jit-compiled function of (model, optimizer, images, labels). The
+state is replicated and the batch sharded over every device (`parallel`); XLA gathers the
+embeddings of all devices before the loss, so negatives come from the whole global batch.
+`virtual_batch` splits the same step at the embeddings ("split", "recompute");
+`resolve_train_step` decides which one a run uses.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ from tripletjax import losses
 from tripletjax.app import models
 from tripletjax.app import optimizers
 from tripletjax.app import parallel
+from tripletjax.app import virtual_batch
+
+# How a train step computes its gradient (`config.train_step`): "direct" in one program,
+# "split" / "recompute" in two programs with the loss between them (`virtual_batch`).
+TRAIN_STEPS = ("auto", "direct", *virtual_batch.SPLIT_STEPS)
 
 
 def make_loss_fn(loss_config: ml_collections.ConfigDict) -> Callable:
@@ -27,6 +34,34 @@ def make_loss_fn(loss_config: ml_collections.ConfigDict) -> Callable:
   loss = losses.MINED_LOSSES[loss_config.name]
   options = {name: loss_config[name] for name in loss.options}
   return functools.partial(loss.fn, return_stats=True, **options)
+
+
+def resolve_train_step(requested: str, loss_config: ml_collections.ConfigDict, *,
+                       platform: str | None = None, num_devices: int | None = None) -> str:
+  """The train step a run uses: "direct", "split" or "recompute"; the one place that decides.
+
+  "auto" is "split" where that lets a sorting miner run in NumPy instead of inside XLA: on the
+  CPU, with several devices, for a loss that sorts rows (semi-hard, batch-all) with the
+  "auto" or "numpy" mining backend. There the direct step must sort inside XLA (a host
+  callback in a program sharded over several CPU devices deadlocks), which is several times
+  slower than NumPy (benchmarks/RESULTS.md, "Split and virtual-batch steps"). Everywhere else
+  "auto" is "direct": one program, nothing copied to the host.
+
+  Args:
+    requested: one of `TRAIN_STEPS`.
+    loss_config: `config.loss`.
+    platform: where the model runs; default `jax.default_backend()`.
+    num_devices: the devices the batch is split over; default `jax.device_count()`.
+  """
+  if requested not in TRAIN_STEPS:
+    raise ValueError(f"Unknown train step {requested!r}; expected one of {TRAIN_STEPS}.")
+  if requested != "auto":
+    return requested
+  platform = jax.default_backend() if platform is None else platform
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  sorts_in_numpy = (losses.MINED_LOSSES[loss_config.name].sorts_rows
+                    and loss_config.mining_backend in ("auto", "numpy"))
+  return "split" if platform == "cpu" and num_devices > 1 and sorts_in_numpy else "direct"
 
 
 def model_options(model_config: ml_collections.ConfigDict) -> dict:
@@ -44,6 +79,7 @@ class Trainer:
   train_step: Callable
   embed_fn: Callable
   forward_chunks: int = 1
+  step_kind: str = "direct"  # What `resolve_train_step` chose.
 
 
 def build_trainer(config, input_shape, total_steps, mesh) -> Trainer:
@@ -62,7 +98,7 @@ def build_trainer(config, input_shape, total_steps, mesh) -> Trainer:
   num_chunks = config.model.forward_chunks
 
   @nnx.jit
-  def train_step(model, optimizer, images, labels):
+  def direct_train_step(model, optimizer, images, labels):
     # A copy of the values (nnx.state's Variables would follow the update).
     before = jax.tree.map(jnp.asarray, nnx.state((model, optimizer), nnx.Not(nnx.RngState)))
 
@@ -93,7 +129,12 @@ def build_trainer(config, input_shape, total_steps, mesh) -> Trainer:
     embeddings = parallel.apply_in_chunks(model, images, num_chunks).embeddings
     return jax.lax.with_sharding_constraint(embeddings, replicated)
 
-  return Trainer(model, optimizer, train_step, embed_fn, num_chunks)
+  step_kind = resolve_train_step(config.train_step, config.loss)
+  train_step = direct_train_step
+  if step_kind in virtual_batch.SPLIT_STEPS:
+    train_step = virtual_batch.make_split_train_step(
+        config.loss, schedule, mesh, num_chunks, recompute=step_kind == "recompute")
+  return Trainer(model, optimizer, train_step, embed_fn, num_chunks, step_kind)
 
 
 def training_state(trainer: Trainer):

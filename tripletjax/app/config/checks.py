@@ -23,6 +23,7 @@ from tripletjax import validation
 from tripletjax.app import errors
 from tripletjax.app import models
 from tripletjax.app import optimizers
+from tripletjax.app import train_step
 from tripletjax.app.config import defaults
 from tripletjax.app.data import augmentations
 from tripletjax.app.data import datasets
@@ -132,6 +133,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
   for key in ("num_epochs", "log_every_steps", "eval_every_epochs", "checkpoint_every_epochs"):
     check.integer(key, 1)
   check.boolean("quiet")
+  check.choice("train_step", train_step.TRAIN_STEPS)
 
   name = check["data.name"]
   try:

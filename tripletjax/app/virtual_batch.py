@@ -1,0 +1,210 @@
+"""The train step split at the embeddings, and virtual batches (cached gradients).
+
+The direct step (`train_step`) is one compiled program: forward pass, mined loss, backward pass,
+update. The split step computes the same gradient in three parts:
+
+  1. embed (one program, sharded over the mesh): the embeddings [B, E] of the global batch;
+  2. loss (between the programs, on one device of every process): the loss over the whole
+     batch and its gradient d loss / d embeddings [B, E]. On a CPU the sorting miners run in
+     NumPy here (`tripletjax.mining.backend`), even when the model runs on several devices:
+     a host callback inside a program sharded over several CPU devices deadlocks XLA:CPU's
+     collectives, so the direct step must sort inside XLA there, several times slower;
+  3. update (one program, sharded): the backward pass of the model with that cotangent, the
+     parameter gradient summed over the whole batch, one optimizer update.
+
+Two ways to get from 1 to 3:
+
+  * "split": step 1 runs the forward pass under `jax.vjp` and returns its pullback (a pytree of
+    residuals, kept on the devices); step 3 applies it. One forward and one backward pass, as
+    in the direct step, and the same memory.
+  * "recompute" (cached gradients, Gao et al. 2021, "Scaling Deep Contrastive Learning Batch
+    Size under Memory Limited Setup"): step 1 embeds the batch chunk by chunk and keeps no
+    activations; step 3 re-runs each chunk's forward pass under `jax.vjp` and applies that
+    chunk's rows of the cotangent, accumulating the parameter gradient. The activations of one
+    chunk (B / (devices x `config.model.forward_chunks`) rows per device) are all the memory the
+    model needs, whatever the batch size: a virtual batch. It costs one more forward pass.
+
+Both give the direct step's gradient, because the loss couples the examples only through their
+embeddings: d loss / d params = sum over chunks c of (d e_c / d params)^T (d loss / d e_c).
+
+Chunks, dropout and BatchNorm: every step embeds the batch in `config.model.forward_chunks`
+chunks, chunk c holding the c-th slice of every device's rows (`parallel.to_chunks`), the same
+chunks as the direct step. Dropout masks are drawn per chunk from the model's dropout stream;
+the recomputation starts that stream from the same state, so each chunk gets the same masks in
+both passes. BatchNorm normalises each chunk by its own statistics ("ghost" batches, as the
+direct step does with `forward_chunks`); the running statistics are those the first pass
+updated, chunk after chunk; the recomputation's updates are discarded, so they are updated
+once per step, exactly as in the direct step. With the same chunks the three steps compute the
+same function: the tests compare their gradients, dropout and BatchNorm included.
+
+Non-finite steps: as in the direct step, a step whose loss or gradient is not finite leaves the
+parameters, the optimizer state and the BatchNorm statistics as they were (the dropout streams
+advance).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from tripletjax import losses
+from tripletjax import mining
+from tripletjax.app import parallel
+
+# The ways to split a step at the embeddings (see the module docstring).
+SPLIT_STEPS = ("split", "recompute")
+
+
+def single_device_loss_fn(loss_config: ml_collections.ConfigDict) -> Callable:
+  """(labels, embeddings) -> (loss, stats) for the configured loss, run on one device.
+
+  A sorting miner's "auto" backend is resolved for a program on one device
+  (`mining.resolve_backend`): NumPy on the host on a CPU, XLA elsewhere.
+  """
+  loss = losses.MINED_LOSSES[loss_config.name]
+  options = {name: loss_config[name] for name in loss.options}
+
+  def loss_fn(labels, embeddings):
+    chosen = dict(options)
+    if loss.sorts_rows:
+      chosen["mining_backend"] = mining.resolve_backend(
+          options["mining_backend"], num_columns=labels.shape[0], num_devices=1)
+    return loss.fn(labels, embeddings, return_stats=True, **chosen)
+  return loss_fn
+
+
+def _embed_chunks(graphdef, params, rest, chunks):
+  """The model on each chunk in turn, threading its non-parameter state (BatchNorm statistics,
+  dropout stream counts) from chunk to chunk.
+
+  Args:
+    graphdef, params, rest: the model, `nnx.split(model, nnx.Param, ...)`.
+    chunks: [K, N, H, W, C] images, K chunks of N rows.
+
+  Returns:
+    `((embeddings [K, N, E], norms [K, N]), rest after the K chunks)`.
+  """
+  def one_chunk(rest, images):
+    model = nnx.merge(graphdef, params, rest, copy=True)
+    output = model(images)
+    return nnx.state(model, nnx.Not(nnx.Param)), (output.embeddings, output.norms)
+  rest, outputs = jax.lax.scan(one_chunk, rest, chunks)
+  return outputs, rest
+
+
+def make_split_train_step(loss_config: ml_collections.ConfigDict, schedule, mesh,
+                          num_chunks: int, recompute: bool) -> Callable:
+  """The split train step: `train_step(model, optimizer, images, labels) -> metrics`.
+
+  Called like the direct step (`train_step.Trainer.train_step`) and returning the same
+  metrics. Updates `model` and `optimizer` in place.
+
+  Args:
+    loss_config: `config.loss`.
+    schedule: the optimizer's learning-rate schedule (for the logged learning rate).
+    mesh: the mesh of `parallel.make_mesh`; the state is replicated over it.
+    num_chunks: K, the chunks every device's rows are embedded in (`config.model.forward_chunks`).
+    recompute: keep no activations between the programs and re-run each chunk's forward pass
+      in the backward program ("recompute"), or keep the forward pass's residuals ("split").
+  """
+  replicated = parallel.replicated(mesh)
+  loss_and_gradient = jax.jit(jax.value_and_grad(
+      lambda embeddings, labels: single_device_loss_fn(loss_config)(labels, embeddings),
+      has_aux=True))
+  loss_device = jax.local_devices()[0]
+
+  @nnx.jit
+  def embed_with_pullback(model, images):
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def embed(params):
+      model = nnx.merge(graphdef, params, rest, copy=True)
+      output = parallel.apply_in_chunks(model, images, num_chunks)
+      return output.embeddings, (output.norms, nnx.state(model, nnx.Not(nnx.Param)))
+    embeddings, pullback, (norms, new_rest) = jax.vjp(embed, params, has_aux=True)
+    return embeddings, norms, new_rest, pullback
+
+  @nnx.jit
+  def embed_without_activations(model, images):
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    (embeddings, norms), new_rest = _embed_chunks(
+        graphdef, params, rest, parallel.to_chunks(images, num_chunks))
+    return parallel.from_chunks(embeddings), parallel.from_chunks(norms), new_rest
+
+  @nnx.jit
+  def add_chunk_gradient(model, total, rest, images, cotangent, chunk):
+    """`total` + the parameter gradient of chunk `chunk`, its forward pass re-run from `rest`.
+
+    One chunk per call: XLA:CPU runs the backward pass of a convolution inside a loop
+    (`lax.scan`) several times slower than outside one, and separate calls keep no more than
+    one chunk's activations alive, whatever XLA's scheduler would do with an unrolled loop.
+    """
+    graphdef, params, _ = nnx.split(model, nnx.Param, ...)
+
+    def embed(params):
+      chunk_model = nnx.merge(graphdef, params, rest, copy=True)
+      output = chunk_model(parallel.chunk_of(images, num_chunks, chunk))
+      return output.embeddings, nnx.state(chunk_model, nnx.Not(nnx.Param))
+    _, pullback, rest = jax.vjp(embed, params, has_aux=True)
+    (gradient,) = pullback(parallel.chunk_of(cotangent, num_chunks, chunk))
+    return jax.tree.map(jnp.add, total, gradient), rest
+
+  def recomputed_gradient(model, images, cotangent):
+    """Sum over chunks of each chunk's forward pass, re-run, pulled back with its cotangent.
+
+    The chunks start from the model's state before the step, as the first pass did, so each
+    draws the same dropout masks; their BatchNorm updates are discarded.
+    """
+    rest = nnx.state(model, nnx.Not(nnx.Param))
+    total = jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
+    for chunk in range(num_chunks):
+      total, rest = add_chunk_gradient(model, total, rest, images, cotangent, np.int32(chunk))
+    return total
+
+  def update(model, optimizer, gradient, new_rest, loss, norms):
+    """One optimizer update, unless the loss or the gradient is not finite."""
+    before = jax.tree.map(jnp.asarray, nnx.state((model, optimizer), nnx.Not(nnx.RngState)))
+    nnx.update(model, new_rest)  # The forward pass's BatchNorm statistics and dropout counts.
+    optimizer.update(model, gradient)
+    learning_rate = schedule(optimizer.step.value - 1)
+    finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(gradient)]))
+    after = nnx.state((model, optimizer), nnx.Not(nnx.RngState))
+    nnx.update((model, optimizer),
+               jax.tree.map(lambda new, old: jnp.where(finite, new, old), after, before))
+    metrics = {"embedding_norm": jnp.mean(norms), "learning_rate": learning_rate,
+               "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}
+    return jax.lax.with_sharding_constraint(metrics, replicated)
+
+  @nnx.jit
+  def update_from_pullback(model, optimizer, pullback, cotangent, new_rest, loss, norms):
+    (gradient,) = pullback(cotangent)
+    return update(model, optimizer, gradient, new_rest, loss, norms)
+
+  update_with_gradient = nnx.jit(update)
+
+  def train_step(model, optimizer, images, labels):
+    if recompute:
+      embeddings, norms, new_rest = embed_without_activations(model, images)
+    else:
+      embeddings, norms, new_rest, pullback = embed_with_pullback(model, images)
+    # Every process mines the whole batch on one of its devices: the loss and its cotangent
+    # come out the same on all of them, and each keeps the rows of its own devices.
+    host_embeddings, host_labels = parallel.gather_to_host(embeddings, labels)
+    (loss, stats), cotangent = loss_and_gradient(
+        jax.device_put(host_embeddings, loss_device), jax.device_put(host_labels, loss_device))
+    (cotangent,) = parallel.shard_batch(mesh, np.asarray(cotangent))
+    loss, stats = jax.device_get((loss, stats))
+    if recompute:
+      gradient = recomputed_gradient(model, images, cotangent)
+      metrics = update_with_gradient(model, optimizer, gradient, new_rest, loss, norms)
+    else:
+      metrics = update_from_pullback(model, optimizer, pullback, cotangent, new_rest, loss, norms)
+    return {"loss": loss, **metrics, **stats}
+
+  return train_step
