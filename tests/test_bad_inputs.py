@@ -104,6 +104,7 @@ def config_with(key: str, value):
     ("optimizer.name", "lamb", "one of 'adam', 'adamw', 'sgd'"),
     ("optimizer.schedule", "linear", "one of 'constant', 'cosine', 'warmup_cosine'"),
     ("batch.sampler", "random", "one of 'balanced', 'shuffled'"),
+    ("train_step", "virtual", "one of 'auto', 'direct', 'recompute', 'split'"),
     ("data.augment", "rotate", "one of 'flip'"),
     ("data.name", "imagenet", "one of digits, fashion_mnist, mnist, tfds:<name>"),
     ("data.name", "tfds:", "one of digits, fashion_mnist, mnist, tfds:<name>"),

@@ -132,8 +132,8 @@ def build_trainer(config, input_shape, total_steps, mesh) -> Trainer:
   step_kind = resolve_train_step(config.train_step, config.loss)
   train_step = direct_train_step
   if step_kind in virtual_batch.SPLIT_STEPS:
-    train_step = virtual_batch.make_split_train_step(
-        config.loss, schedule, mesh, num_chunks, recompute=step_kind == "recompute")
+    train_step = virtual_batch.SplitTrainStep(config.loss, schedule, mesh, num_chunks,
+                                              recompute=step_kind == "recompute")
   return Trainer(model, optimizer, train_step, embed_fn, num_chunks, step_kind)
 
 

@@ -44,7 +44,9 @@ advance).
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+import functools
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -97,114 +99,179 @@ def _embed_chunks(graphdef, params, rest, chunks):
   return outputs, rest
 
 
-def make_split_train_step(loss_config: ml_collections.ConfigDict, schedule, mesh,
-                          num_chunks: int, recompute: bool) -> Callable:
-  """The split train step: `train_step(model, optimizer, images, labels) -> metrics`.
+def _embed_keeping_pullback(model, images, *, num_chunks):
+  """Embeddings [B, E], norms [B], the model's new non-parameter state, and the pullback of
+  the embeddings (its residuals: the activations of the forward pass)."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
-  Called like the direct step (`train_step.Trainer.train_step`) and returning the same
-  metrics. Updates `model` and `optimizer` in place.
+  def embed(params):
+    model = nnx.merge(graphdef, params, rest, copy=True)
+    output = parallel.apply_in_chunks(model, images, num_chunks)
+    return output.embeddings, (output.norms, nnx.state(model, nnx.Not(nnx.Param)))
+  embeddings, pullback, (norms, new_rest) = jax.vjp(embed, params, has_aux=True)
+  return embeddings, norms, new_rest, pullback
+
+
+def _embed_without_activations(model, images, *, num_chunks):
+  """Embeddings [B, E], norms [B] and the model's new non-parameter state; no activations
+  are kept. The chunks run in a `lax.scan`: XLA frees each chunk's activations."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  (embeddings, norms), new_rest = _embed_chunks(
+      graphdef, params, rest, parallel.to_chunks(images, num_chunks))
+  return parallel.from_chunks(embeddings), parallel.from_chunks(norms), new_rest, None
+
+
+def _pull_back(pullback, cotangent, *, replicated):
+  """The parameter gradient: the pullback of `_embed_keeping_pullback` applied to
+  d loss / d embeddings [B, E]. XLA sums the devices' parts (an all-reduce)."""
+  (gradient,) = pullback(cotangent)
+  return jax.lax.with_sharding_constraint(gradient, replicated)
+
+
+def _add_chunk_gradient(model, total, rest, images, cotangent, chunk, *, num_chunks):
+  """`total` + the parameter gradient of chunk `chunk`, its forward pass re-run from `rest`.
+
+  One chunk per call: XLA:CPU runs the backward pass of a convolution inside a loop
+  (`lax.scan`) several times slower than outside one, and separate calls keep no more than one
+  chunk's activations alive, whatever XLA's scheduler would do with an unrolled loop.
+
+  Args:
+    model: the model before the step (its parameters).
+    total: the gradient of the chunks before `chunk`, like `nnx.state(model, nnx.Param)`.
+    rest: the model's non-parameter state before chunk `chunk` in the first pass.
+    images: [B, H, W, C], the batch. cotangent: [B, E], d loss / d embeddings.
+    chunk: the chunk's index (traced: one compilation serves every chunk).
+
+  Returns:
+    `(total + this chunk's gradient, the non-parameter state after the chunk)`.
+  """
+  graphdef, params, _ = nnx.split(model, nnx.Param, ...)
+
+  def embed(params):
+    chunk_model = nnx.merge(graphdef, params, rest, copy=True)
+    output = chunk_model(parallel.chunk_of(images, num_chunks, chunk))
+    return output.embeddings, nnx.state(chunk_model, nnx.Not(nnx.Param))
+  _, pullback, rest = jax.vjp(embed, params, has_aux=True)
+  (gradient,) = pullback(parallel.chunk_of(cotangent, num_chunks, chunk))
+  return jax.tree.map(jnp.add, total, gradient), rest
+
+
+def _update(model, optimizer, gradient, new_rest, loss, norms, *, schedule, replicated):
+  """One optimizer update with `gradient` and the forward pass's non-parameter state, unless
+  the loss or the gradient is not finite: then the parameters, the optimizer state and the
+  BatchNorm statistics stay as they were (the dropout counts advance), as in the direct step.
+  """
+  before = jax.tree.map(jnp.asarray, nnx.state((model, optimizer), nnx.Not(nnx.RngState)))
+  nnx.update(model, new_rest)
+  optimizer.update(model, gradient)
+  learning_rate = schedule(optimizer.step.value - 1)
+  finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
+      [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(gradient)]))
+  after = nnx.state((model, optimizer), nnx.Not(nnx.RngState))
+  nnx.update((model, optimizer),
+             jax.tree.map(lambda new, old: jnp.where(finite, new, old), after, before))
+  metrics = {"embedding_norm": jnp.mean(norms), "learning_rate": learning_rate,
+             "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}
+  return jax.lax.with_sharding_constraint(metrics, replicated)
+
+
+@dataclasses.dataclass
+class StepGradient:
+  """What a split step computes before its update.
+
+  Attributes:
+    loss: the loss over the global batch (a NumPy scalar, the same on every process).
+    stats: the loss's mining statistics (NumPy scalars).
+    norms: [B] the embeddings' norms before normalisation, sharded like the batch.
+    gradient: d loss / d parameters, like `nnx.state(model, nnx.Param)`, replicated.
+    new_rest: the model's non-parameter state after the forward pass (BatchNorm statistics,
+      dropout counts), not yet written into the model.
+  """
+  loss: np.ndarray
+  stats: dict
+  norms: jax.Array
+  gradient: Any
+  new_rest: Any
+
+
+class SplitTrainStep:
+  """The split train step, called like the direct one: `step(model, optimizer, images, labels)`
+  returns the same metrics and updates `model` and `optimizer` in place.
 
   Args:
     loss_config: `config.loss`.
     schedule: the optimizer's learning-rate schedule (for the logged learning rate).
     mesh: the mesh of `parallel.make_mesh`; the state is replicated over it.
-    num_chunks: K, the chunks every device's rows are embedded in (`config.model.forward_chunks`).
+    num_chunks: K, the chunks each device's rows are embedded in (`config.model.forward_chunks`).
     recompute: keep no activations between the programs and re-run each chunk's forward pass
-      in the backward program ("recompute"), or keep the forward pass's residuals ("split").
+      for the gradient ("recompute"), or keep the forward pass's residuals ("split").
   """
-  replicated = parallel.replicated(mesh)
-  loss_and_gradient = jax.jit(jax.value_and_grad(
-      lambda embeddings, labels: single_device_loss_fn(loss_config)(labels, embeddings),
-      has_aux=True))
-  loss_device = jax.local_devices()[0]
 
-  @nnx.jit
-  def embed_with_pullback(model, images):
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  def __init__(self, loss_config: ml_collections.ConfigDict, schedule, mesh, num_chunks: int,
+               recompute: bool):
+    self.mesh = mesh
+    self.num_chunks = num_chunks
+    self.recompute = recompute
+    replicated = parallel.replicated(mesh)
+    loss_fn = single_device_loss_fn(loss_config)
+    self._loss_and_gradient = jax.jit(jax.value_and_grad(
+        lambda embeddings, labels: loss_fn(labels, embeddings), has_aux=True))
+    self._loss_device = jax.local_devices()[0]
+    embed = _embed_without_activations if recompute else _embed_keeping_pullback
+    self._embed = nnx.jit(functools.partial(embed, num_chunks=num_chunks))
+    self._pull_back = jax.jit(functools.partial(_pull_back, replicated=replicated))
+    self._add_chunk_gradient = nnx.jit(functools.partial(_add_chunk_gradient,
+                                                         num_chunks=num_chunks))
+    self._update = nnx.jit(functools.partial(_update, schedule=schedule, replicated=replicated))
 
-    def embed(params):
-      model = nnx.merge(graphdef, params, rest, copy=True)
-      output = parallel.apply_in_chunks(model, images, num_chunks)
-      return output.embeddings, (output.norms, nnx.state(model, nnx.Not(nnx.Param)))
-    embeddings, pullback, (norms, new_rest) = jax.vjp(embed, params, has_aux=True)
-    return embeddings, norms, new_rest, pullback
+  def loss_and_cotangent(self, embeddings: jax.Array, labels: jax.Array):
+    """The loss over the global batch and d loss / d embeddings, sharded like `embeddings`.
 
-  @nnx.jit
-  def embed_without_activations(model, images):
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    (embeddings, norms), new_rest = _embed_chunks(
-        graphdef, params, rest, parallel.to_chunks(images, num_chunks))
-    return parallel.from_chunks(embeddings), parallel.from_chunks(norms), new_rest
+    Every process mines the whole batch on one of its devices: the loss and its cotangent come
+    out the same on all of them, and each keeps the rows of its own devices.
 
-  @nnx.jit
-  def add_chunk_gradient(model, total, rest, images, cotangent, chunk):
-    """`total` + the parameter gradient of chunk `chunk`, its forward pass re-run from `rest`.
+    Args:
+      embeddings: [B, E], sharded over the mesh. labels: [B], sharded likewise.
 
-    One chunk per call: XLA:CPU runs the backward pass of a convolution inside a loop
-    (`lax.scan`) several times slower than outside one, and separate calls keep no more than
-    one chunk's activations alive, whatever XLA's scheduler would do with an unrolled loop.
+    Returns:
+      `(loss, stats, cotangent [B, E])`: NumPy scalars and a sharded array.
     """
-    graphdef, params, _ = nnx.split(model, nnx.Param, ...)
+    host_embeddings, host_labels = parallel.gather_to_host(embeddings, labels)
+    (loss, stats), cotangent = self._loss_and_gradient(
+        jax.device_put(host_embeddings, self._loss_device),
+        jax.device_put(host_labels, self._loss_device))
+    (cotangent,) = parallel.shard_batch(self.mesh, np.asarray(cotangent))
+    loss, stats = jax.device_get((loss, stats))
+    return loss, stats, cotangent
 
-    def embed(params):
-      chunk_model = nnx.merge(graphdef, params, rest, copy=True)
-      output = chunk_model(parallel.chunk_of(images, num_chunks, chunk))
-      return output.embeddings, nnx.state(chunk_model, nnx.Not(nnx.Param))
-    _, pullback, rest = jax.vjp(embed, params, has_aux=True)
-    (gradient,) = pullback(parallel.chunk_of(cotangent, num_chunks, chunk))
-    return jax.tree.map(jnp.add, total, gradient), rest
-
-  def recomputed_gradient(model, images, cotangent):
-    """Sum over chunks of each chunk's forward pass, re-run, pulled back with its cotangent.
-
-    The chunks start from the model's state before the step, as the first pass did, so each
-    draws the same dropout masks; their BatchNorm updates are discarded.
-    """
+  def recomputed_gradient(self, model, images: jax.Array, cotangent: jax.Array):
+    """The sum over chunks of each chunk's forward pass, re-run, pulled back with its rows of
+    the cotangent. The chunks start from the model's state before the step, as the first pass
+    did, so each draws the same dropout masks; their BatchNorm updates are discarded."""
     rest = nnx.state(model, nnx.Not(nnx.Param))
     total = jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
-    for chunk in range(num_chunks):
-      total, rest = add_chunk_gradient(model, total, rest, images, cotangent, np.int32(chunk))
+    for chunk in range(self.num_chunks):
+      total, rest = self._add_chunk_gradient(model, total, rest, images, cotangent,
+                                             np.int32(chunk))
     return total
 
-  def update(model, optimizer, gradient, new_rest, loss, norms):
-    """One optimizer update, unless the loss or the gradient is not finite."""
-    before = jax.tree.map(jnp.asarray, nnx.state((model, optimizer), nnx.Not(nnx.RngState)))
-    nnx.update(model, new_rest)  # The forward pass's BatchNorm statistics and dropout counts.
-    optimizer.update(model, gradient)
-    learning_rate = schedule(optimizer.step.value - 1)
-    finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
-        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(gradient)]))
-    after = nnx.state((model, optimizer), nnx.Not(nnx.RngState))
-    nnx.update((model, optimizer),
-               jax.tree.map(lambda new, old: jnp.where(finite, new, old), after, before))
-    metrics = {"embedding_norm": jnp.mean(norms), "learning_rate": learning_rate,
-               "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}
-    return jax.lax.with_sharding_constraint(metrics, replicated)
+  def gradient(self, model, images: jax.Array, labels: jax.Array) -> StepGradient:
+    """The loss and its parameter gradient over the global batch; `model` is not changed.
 
-  @nnx.jit
-  def update_from_pullback(model, optimizer, pullback, cotangent, new_rest, loss, norms):
-    (gradient,) = pullback(cotangent)
-    return update(model, optimizer, gradient, new_rest, loss, norms)
-
-  update_with_gradient = nnx.jit(update)
-
-  def train_step(model, optimizer, images, labels):
-    if recompute:
-      embeddings, norms, new_rest = embed_without_activations(model, images)
+    Args:
+      model: the embedding model, replicated over the mesh.
+      images: [B, H, W, C] and labels: [B], sharded over the mesh (`parallel.shard_batch`).
+    """
+    embeddings, norms, new_rest, pullback = self._embed(model, images)
+    loss, stats, cotangent = self.loss_and_cotangent(embeddings, labels)
+    if self.recompute:
+      gradient = self.recomputed_gradient(model, images, cotangent)
     else:
-      embeddings, norms, new_rest, pullback = embed_with_pullback(model, images)
-    # Every process mines the whole batch on one of its devices: the loss and its cotangent
-    # come out the same on all of them, and each keeps the rows of its own devices.
-    host_embeddings, host_labels = parallel.gather_to_host(embeddings, labels)
-    (loss, stats), cotangent = loss_and_gradient(
-        jax.device_put(host_embeddings, loss_device), jax.device_put(host_labels, loss_device))
-    (cotangent,) = parallel.shard_batch(mesh, np.asarray(cotangent))
-    loss, stats = jax.device_get((loss, stats))
-    if recompute:
-      gradient = recomputed_gradient(model, images, cotangent)
-      metrics = update_with_gradient(model, optimizer, gradient, new_rest, loss, norms)
-    else:
-      metrics = update_from_pullback(model, optimizer, pullback, cotangent, new_rest, loss, norms)
-    return {"loss": loss, **metrics, **stats}
+      gradient = self._pull_back(pullback, cotangent)
+    return StepGradient(loss, stats, norms, gradient, new_rest)
 
-  return train_step
+  def __call__(self, model, optimizer, images: jax.Array, labels: jax.Array) -> dict:
+    step = self.gradient(model, images, labels)
+    metrics = self._update(model, optimizer, step.gradient, step.new_rest, step.loss,
+                           step.norms)
+    return {"loss": step.loss, **metrics, **step.stats}
