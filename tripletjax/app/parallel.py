@@ -27,6 +27,23 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def put_replicated(mesh: jax.sharding.Mesh, tree):
+  """The arrays of `tree` (the same values on every process) replicated on every device.
+
+  `jax.device_put` reaches only this process's devices; with several processes each one
+  contributes its copy (`jax.make_array_from_process_local_data`). Random keys included.
+  """
+  sharding = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def put(x):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+    return jax.make_array_from_process_local_data(sharding, np.asarray(x), x.shape)
+  return jax.tree.map(put, tree)
+
+
 def process_rows(global_batch: int) -> slice:
   """The rows of a global batch of `global_batch` rows that this process's devices hold.
 

@@ -2,8 +2,8 @@
 
 A batch goes `data.datasets` (images on the host) -> `data.samplers` (indices of a global
 batch, deterministic given seed and epoch) -> `data.augmentations` (deterministic too) ->
-`parallel.shard_batch` (each process puts its rows on its devices) -> `train_step` (forward,
-loss mined over the global batch, Optax update). Around the steps: metrics (`metric_logging`),
+`parallel.shard_process_rows` (each process reads, augments and places only the rows its
+devices hold) -> `train_step` (forward, loss mined over the global batch, Optax update). Around the steps: metrics (`metric_logging`),
 evaluation (`evaluation`), checkpoints (`checkpointing`, resumed at the exact step), stop
 signals (`preemption`) and, at the end, the exports (`reports`).
 """
@@ -179,12 +179,15 @@ def _run(config, workdir, changes, checkpoints, stop_signals) -> dict:
         if (signal_number := stop_signals.requested()) is not None:
           _stop_on_signal(signal_number, step, epoch, steps_per_epoch, save, check_finite,
                           checkpoints, progress)
-        images = augmentations.augment(dataset.train.images[indices], config.data.augment,
+        # Each process reads, augments and places only the rows its devices hold.
+        rows = parallel.process_rows(len(indices))
+        images = augmentations.augment(dataset.train.images[indices[rows]], config.data.augment,
                                        seed=config.seed, epoch=epoch,
                                        step=step - epoch * steps_per_epoch,
-                                       max_shift=config.data.max_shift)
-        images, labels = parallel.shard_batch(mesh, images,
-                                              dataset.train.labels[indices].astype(np.int32))
+                                       max_shift=config.data.max_shift, rows=rows,
+                                       batch_size=len(indices))
+        images, labels = parallel.shard_process_rows(
+            mesh, len(indices), images, dataset.train.labels[indices[rows]].astype(np.int32))
         metrics = trainer.train_step(trainer.model, trainer.optimizer, images, labels)
         step += 1
         pending_flags.append(metrics["nonfinite"])
@@ -207,9 +210,10 @@ def _run(config, workdir, changes, checkpoints, stop_signals) -> dict:
                                                        with_train=last_epoch)
         eval_log.write(step, {"epoch": epoch + 1, "epoch_seconds": epoch_seconds,
                               "train_seconds": train_seconds, **metrics})
-        progress.write(f"epoch {epoch + 1}: precision@1 {metrics['precision_at_1']:.4f}  "
-                       f"MAP@R {metrics['map_at_r']:.4f}  ({epoch_seconds:.0f} s, "
-                       f"{train_seconds:.0f} s of training so far)")
+        if is_main:
+          progress.write(f"epoch {epoch + 1}: precision@1 {metrics['precision_at_1']:.4f}  "
+                         f"MAP@R {metrics['map_at_r']:.4f}  ({epoch_seconds:.0f} s, "
+                         f"{train_seconds:.0f} s of training so far)")
         if is_main and config.export.pca_every_eval:
           exports.plot_pca(test_embeddings, dataset.test.labels,
                            os.path.join(workdir, "plots", f"pca_2d_epoch{epoch + 1:03d}.png"),

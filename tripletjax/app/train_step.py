@@ -94,7 +94,7 @@ def build_trainer(config, input_shape, total_steps, mesh) -> Trainer:
   replicated = parallel.replicated(mesh)
   # The state lives replicated on every device of the mesh, like a restored checkpoint.
   state = nnx.state((model, optimizer))
-  nnx.update((model, optimizer), jax.device_put(state, replicated))
+  nnx.update((model, optimizer), parallel.put_replicated(mesh, state))
   num_chunks = config.model.forward_chunks
 
   @nnx.jit
