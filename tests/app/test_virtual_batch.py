@@ -148,6 +148,12 @@ def eight_device_results() -> dict[str, np.ndarray]:
       results.update(flat(prefix + f"{way}/gradient", computed.gradient))
       results.update(flat(prefix + f"{way}/rest", computed.new_rest))
 
+  # Where the split steps mine: their loss program calls the NumPy miner on the host.
+  for step_kind in SPLIT_STEPS:
+    program = jax.make_jaxpr(trainers[step_kind].train_step._loss_and_gradient)(
+        jax.ShapeDtypeStruct((BATCH, 16), np.float32), jax.ShapeDtypeStruct((BATCH,), np.int32))
+    results[f"host_miner/{step_kind}"] = np.array("pure_callback" in str(program))
+
   for step_kind, trainer in trainers.items():
     prefix = f"steps/{step_kind}/"
     for number, (indices, poison) in enumerate(
@@ -202,6 +208,14 @@ def assert_close_trees(got: dict, expected: dict, what: str, rtol: float = 1e-5)
 
 def test_ran_on_8_devices(results):
   assert int(results["devices"]) == NUM_DEVICES
+
+
+def test_split_steps_mine_in_numpy_on_8_cpu_devices(results):
+  # What the split is for: the direct step cannot call the host miner from a program sharded
+  # over several CPU devices (it sorts inside XLA there); the split steps' loss program runs
+  # on one device and does.
+  for step in SPLIT_STEPS:
+    assert results[f"host_miner/{step}"], step
 
 
 @pytest.mark.parametrize("way", SPLIT_STEPS)
