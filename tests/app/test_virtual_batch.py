@@ -296,3 +296,40 @@ def test_auto_train_step(platform, devices, loss, backend, expected):
   for requested in ("direct", "split", "recompute"):
     assert train_step.resolve_train_step(requested, loss_config, platform=platform,
                                          num_devices=devices) == requested
+
+
+def test_recompute_holds_one_chunk_of_activations_whatever_the_batch():
+  # XLA's memory plan of the two recompute programs, on this process's one device, for batches
+  # of 64 and 256 in chunks of 32 rows: the temporaries of a chunk's forward and backward pass
+  # stay the same, and the first pass grows only by a copy of the extra images.
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from tripletjax.app import optimizers
+  from tripletjax.app import parallel
+  from tripletjax.app import virtual_batch
+
+  assert jax.device_count() == 1
+  mesh = parallel.make_mesh()
+  image_shape, rows = (28, 28, 1), 32
+  plans = {}
+  for batch in (64, 256):
+    config = small_config("dropout_batchnorm")
+    trainer = train_step.build_trainer(config, image_shape, 10, mesh)
+    _, schedule = optimizers.make_optimizer(config.optimizer, 10)
+    step = virtual_batch.SplitTrainStep(config.loss, schedule, mesh, batch // rows,
+                                        recompute=True)
+    images = jnp.zeros((batch, *image_shape), jnp.float32)
+    cotangent = jnp.zeros((batch, config.model.embedding_dim), jnp.float32)
+    model = trainer.model
+    embed = step._embed.lower(model, images).compile().memory_analysis()
+    chunk = step._add_chunk_gradient.lower(
+        model, nnx.state(model, nnx.Param), nnx.state(model, nnx.Not(nnx.Param)), images,
+        cotangent, np.int32(0)).compile().memory_analysis()
+    plans[batch] = (embed.temp_size_in_bytes, chunk.temp_size_in_bytes)
+  # A chunk's activations: at least its first convolution's output, 32 x 14 x 14 x 64 floats.
+  assert plans[64][1] > rows * 14 * 14 * 64 * 4
+  assert plans[256][1] == plans[64][1]
+  extra_images = (256 - 64) * 28 * 28 * 4
+  assert plans[256][0] - plans[64][0] <= 2 * extra_images, plans
