@@ -324,9 +324,10 @@ def test_recompute_holds_one_chunk_of_activations_whatever_the_batch():
     cotangent = jnp.zeros((batch, config.model.embedding_dim), jnp.float32)
     model = trainer.model
     embed = step._embed.lower(model, images).compile().memory_analysis()
-    chunk = step._add_chunk_gradient.lower(
-        model, nnx.state(model, nnx.Param), nnx.state(model, nnx.Not(nnx.Param)), images,
-        cotangent, np.int32(0)).compile().memory_analysis()
+    total = jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
+    rest = jax.tree.map(jnp.asarray, nnx.state(model, nnx.Not(nnx.Param)))
+    chunk = step._add_chunk_gradient.lower(model, total, rest, images, cotangent,
+                                           np.int32(0)).compile().memory_analysis()
     plans[batch] = (embed.temp_size_in_bytes, chunk.temp_size_in_bytes)
   # A chunk's activations: at least its first convolution's output, 32 x 14 x 14 x 64 floats.
   assert plans[64][1] > rows * 14 * 14 * 64 * 4

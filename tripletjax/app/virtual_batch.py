@@ -218,11 +218,12 @@ class SplitTrainStep:
         lambda embeddings, labels: loss_fn(labels, embeddings), has_aux=True))
     self._loss_device = jax.local_devices()[0]
     embed = _embed_without_activations if recompute else _embed_keeping_pullback
-    self._embed = nnx.jit(functools.partial(embed, num_chunks=num_chunks))
+    self._embed = nnx.jit(functools.partial(embed, num_chunks=num_chunks), graph=False)
     self._pull_back = jax.jit(functools.partial(_pull_back, replicated=replicated))
-    self._add_chunk_gradient = nnx.jit(functools.partial(_add_chunk_gradient,
-                                                         num_chunks=num_chunks))
-    self._update = nnx.jit(functools.partial(_update, schedule=schedule, replicated=replicated))
+    self._add_chunk_gradient = nnx.jit(
+        functools.partial(_add_chunk_gradient, num_chunks=num_chunks), graph=False)
+    self._update = nnx.jit(
+        functools.partial(_update, schedule=schedule, replicated=replicated), graph=False)
 
   def loss_and_cotangent(self, embeddings: jax.Array, labels: jax.Array):
     """The loss over the global batch and d loss / d embeddings, sharded like `embeddings`.
@@ -248,7 +249,7 @@ class SplitTrainStep:
     """The sum over chunks of each chunk's forward pass, re-run, pulled back with its rows of
     the cotangent. The chunks start from the model's state before the step, as the first pass
     did, so each draws the same dropout masks; their BatchNorm updates are discarded."""
-    rest = nnx.state(model, nnx.Not(nnx.Param))
+    rest = jax.tree.map(jnp.asarray, nnx.state(model, nnx.Not(nnx.Param)))  # A copy.
     total = jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
     for chunk in range(self.num_chunks):
       total, rest = self._add_chunk_gradient(model, total, rest, images, cotangent,
