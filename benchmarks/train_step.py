@@ -17,7 +17,8 @@ reports:
 
 `--memory-limit-gb G` searches instead for the largest batch that trains within G GB: for each
 step it doubles the batch from the first of `--batch-sizes` until the peak resident set size
-exceeds G GB (or the child fails), with one warm-up and one timed step.
+exceeds G GB (or the child fails, or the batch reaches `--max-batch`), with one warm-up and
+one timed step.
 
 Usage:
   # The step times (fashion_mnist: batch 256, 1024, 4096, on 1 and 2 CPU devices):
@@ -182,6 +183,8 @@ def main(argv=None) -> None:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--memory-limit-gb", type=float, default=0.0,
                       help="search the largest batch within this peak memory instead")
+  parser.add_argument("--max-batch", type=int, default=32768,
+                      help="the memory search stops after this batch size")
   parser.add_argument("--out", default=str(DEFAULT_OUT))
   parser.add_argument("--child", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -210,7 +213,8 @@ def main(argv=None) -> None:
         while True:
           result = record({**base, "devices": devices, "step": step, "batch_size": batch,
                            "warmup": 1, "repeats": 1})
-          if "error" in result or result["peak_rss_mb"] > 1024 * args.memory_limit_gb:
+          if ("error" in result or result["peak_rss_mb"] > 1024 * args.memory_limit_gb
+              or batch >= args.max_batch):
             break
           batch *= 2
         continue

@@ -124,6 +124,18 @@ def test_bad_config_value_is_one_line_naming_key_value_and_what_is_allowed(key, 
   assert isinstance(error.value, ValueError)  # What callers caught before.
 
 
+def test_numpy_miner_in_the_direct_step_on_several_cpu_devices_is_an_error():
+  # It would deadlock XLA:CPU; "auto" (or "split") mines in NumPy between two programs instead.
+  config = config_with("loss.mining_backend", "numpy")
+  config.train_step = "direct"
+  with pytest.raises(errors.ConfigError, match=r"^config\.loss\.mining_backend='numpy': the "
+                     r"direct train step over 2 CPU devices cannot call the NumPy miner"):
+    checks.check_config(config, num_devices=2)
+  checks.check_config(config, num_devices=1)
+  config.train_step = "auto"
+  checks.check_config(config, num_devices=2)
+
+
 def test_misspelt_name_gets_a_did_you_mean_hint():
   with pytest.raises(errors.ConfigError) as error:
     checks.check_config(config_with("loss.name", "semihrad"))

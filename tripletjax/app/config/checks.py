@@ -176,6 +176,15 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
       _fail(f"loss.{option}", value,
             f"loss {config.loss.name!r} has no such option (its options: "
             f"{', '.join(loss_options)}); leave it at {default_loss[option]!r}")
+  # A host callback inside a program sharded over several CPU devices deadlocks XLA:CPU.
+  step = train_step.resolve_train_step(config.train_step, config.loss, num_devices=num_devices)
+  if (step == "direct" and config.loss.mining_backend == "numpy" and num_devices > 1
+      and jax.default_backend() == "cpu" and losses.MINED_LOSSES[config.loss.name].sorts_rows):
+    _fail("loss.mining_backend", "numpy",
+          f"the direct train step over {num_devices} CPU devices cannot call the NumPy miner "
+          "(a host callback in a sharded program deadlocks XLA:CPU)",
+          "leave config.train_step='auto' (it then splits the step and mines in NumPy), or "
+          "set config.loss.mining_backend='auto'")
 
   check.choice("batch.sampler", samplers.SAMPLERS)
   for key in ("batch.batch_size", "batch.classes_per_batch", "batch.samples_per_class"):
