@@ -254,9 +254,8 @@ class SplitTrainStep:
     for chunk in range(self.num_chunks):
       total, rest = self._add_chunk_gradient(model, total, rest, images, cotangent,
                                              np.int32(chunk))
-      # One chunk in flight at a time: with many executions that hold collectives queued,
-      # XLA:CPU's devices can stall at a rendezvous until it times out and aborts (seen with
-      # 128 chunks of a batch of 32768 on 2 devices).
+      # One chunk in flight at a time: with many queued executions that hold collectives,
+      # XLA:CPU's devices can stall at a rendezvous until it times out and aborts the process.
       jax.block_until_ready(total)
     return total
 
