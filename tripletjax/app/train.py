@@ -1,16 +1,16 @@
 """The training loop: `train_and_evaluate(config, workdir)` trains, evaluates and exports.
 
-A batch goes `data.datasets` (images on the host) -> `data.samplers` (indices of a global
-batch, deterministic given seed and epoch) -> `data.augmentations` (deterministic too) ->
-`parallel.shard_batch` (each process puts its rows on its devices) -> `train_step` (forward,
-loss mined over the global batch, Optax update). Around the steps: metrics (`metric_logging`),
-evaluation (`evaluation`), checkpoints (`checkpointing`, resumed at the exact step), stop
-signals (`preemption`) and, at the end, the exports (`reports`).
+A batch goes `data.datasets` (images on the host, or image files) -> `data.samplers` (indices
+of a global batch, deterministic given seed and epoch) -> `data.pipeline` (the rows, or the
+files decoded in worker threads, augmented deterministically) -> `parallel.shard_batch` (each
+process puts its rows on its devices) -> `train_step` (forward, loss mined over the global
+batch, Optax update). Around the steps: metrics (`metric_logging`), the mining-health monitor
+(`monitor`), evaluation (`evaluation`), checkpoints (`checkpointing`, resumed at the exact
+step), stop signals (`preemption`) and, at the end, the exports (`reports`).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
@@ -27,14 +27,16 @@ from tripletjax.app import errors
 from tripletjax.app import evaluation
 from tripletjax.app import exports
 from tripletjax.app import metric_logging
+from tripletjax.app import monitor as monitor_lib
 from tripletjax.app import parallel
 from tripletjax.app import preemption
 from tripletjax.app import reports
 from tripletjax.app import train_step
 from tripletjax.app.config import checks
 from tripletjax.app.config import resume
-from tripletjax.app.data import augmentations
 from tripletjax.app.data import datasets
+from tripletjax.app.data import images as images_lib
+from tripletjax.app.data import pipeline as pipeline_lib
 from tripletjax.app.data import samplers
 
 
@@ -95,20 +97,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     # Before any work: a resume with a config that cannot continue this run is an error.
     changes = resume.check_resume(config, workdir) if checkpoints.steps() else {}
-    with preemption.StopSignals() as stop_signals:
-      return _run(config, workdir, changes, checkpoints, stop_signals)
+    dataset = load_data(config)
+    try:
+      with preemption.StopSignals() as stop_signals:
+        return _run(config, workdir, changes, checkpoints, stop_signals, dataset)
+    finally:
+      dataset.close()
   finally:
     checkpoints.close()
 
 
-def _run(config, workdir, changes, checkpoints, stop_signals) -> dict:
-  """The body of `train_and_evaluate`: data, trainer, resume, the loop, evaluation, exports."""
+def load_data(config: ml_collections.ConfigDict) -> datasets.Dataset:
+  """The dataset of `config.data` (class split, validation, image options), checked against
+  the config."""
+  data = config.data
+  dataset = datasets.load_dataset(
+      data.name, data.data_dir, seed=config.seed, max_train=data.max_train,
+      max_test=data.max_test, class_split=data.class_split,
+      validation_fraction=data.validation_fraction,
+      image_options=datasets.ImageOptions(
+          size=data.image_size, channels=data.image_channels, eval_resize=data.eval_resize,
+          unreadable=data.unreadable, workers=data.decode_workers))
+  stats = images_lib.NORMALIZATIONS[data.normalize]
+  if stats is not None and dataset.image_shape[-1] != len(stats[0]):
+    dataset.close()
+    raise errors.ConfigError(
+        f"config.data.normalize={data.normalize!r} needs {len(stats[0])}-channel images; "
+        f"{data.name} has {dataset.image_shape[-1]}.", "leave config.data.normalize='none'")
+  return dataset
+
+
+def _run(config, workdir, changes, checkpoints, stop_signals, dataset) -> dict:
+  """The body of `train_and_evaluate`: trainer, resume, the loop, evaluation, exports."""
   is_main = jax.process_index() == 0
   mesh = parallel.make_mesh()
-
-  dataset = datasets.load_dataset(config.data.name, config.data.data_dir, seed=config.seed,
-                                  max_train=config.data.max_train,
-                                  max_test=config.data.max_test)
+  pipeline = pipeline_lib.InputPipeline(config.data, config.seed)
   sampler = samplers.make_sampler(
       config.batch.sampler, dataset.train.labels, batch_size=config.batch.batch_size,
       classes_per_batch=config.batch.classes_per_batch,
@@ -132,6 +155,11 @@ def _run(config, workdir, changes, checkpoints, stop_signals) -> dict:
   keep_until_step = step if meta else None
   train_log = metric_logging.MetricLog(workdir, "metrics", keep_until_step, enabled=is_main)
   eval_log = metric_logging.MetricLog(workdir, "eval", keep_until_step, enabled=is_main)
+  health_log = metric_logging.MetricLog(workdir, "health", keep_until_step, tensorboard=False,
+                                        enabled=is_main)
+  monitor = monitor_lib.MiningMonitor(config)
+  if meta and os.path.exists(train_log.path):  # The monitor's state at the checkpoint.
+    monitor.replay(metric_logging.read_metrics_jsonl(train_log.path))
 
   def save(step, epoch_done):
     if step in checkpoints.steps():
@@ -175,16 +203,12 @@ def _run(config, workdir, changes, checkpoints, stop_signals) -> dict:
       if done_in_epoch and meta:
         train_step.set_rng_counts(trainer.model, meta["rng_counts"])
       epoch_start = time.time()
-      for indices in itertools.islice(sampler.epoch(epoch), done_in_epoch, None):
+      for images, labels in pipeline.train_batches(dataset.train, sampler, epoch,
+                                                   done_in_epoch):
         if (signal_number := stop_signals.requested()) is not None:
           _stop_on_signal(signal_number, step, epoch, steps_per_epoch, save, check_finite,
                           checkpoints, progress)
-        images = augmentations.augment(dataset.train.images[indices], config.data.augment,
-                                       seed=config.seed, epoch=epoch,
-                                       step=step - epoch * steps_per_epoch,
-                                       max_shift=config.data.max_shift)
-        images, labels = parallel.shard_batch(mesh, images,
-                                              dataset.train.labels[indices].astype(np.int32))
+        images, labels = parallel.shard_batch(mesh, images, labels.astype(np.int32))
         metrics = trainer.train_step(trainer.model, trainer.optimizer, images, labels)
         step += 1
         pending_flags.append(metrics["nonfinite"])
@@ -196,6 +220,9 @@ def _run(config, workdir, changes, checkpoints, stop_signals) -> dict:
           train_log.write(step, {"epoch": epoch + 1, "skipped_steps": skipped_steps, **record})
           progress.set_postfix(loss=f"{record['loss']:.4f}",
                                active=f"{record['fraction_active']:.3f}")
+          for warning in monitor.update(step, record):
+            progress.write(f"warning: {warning}")
+            health_log.write(step, warning.record())
         progress.update(1)
       check_finite()
       epoch_seconds = time.time() - epoch_start
@@ -203,13 +230,13 @@ def _run(config, workdir, changes, checkpoints, stop_signals) -> dict:
 
       last_epoch = epoch + 1 == config.num_epochs
       if (epoch + 1) % config.eval_every_epochs == 0 or last_epoch:
-        metrics, test_embeddings = evaluation.evaluate(trainer, mesh, dataset, seed=config.seed,
-                                                       with_train=last_epoch)
+        metrics, test_embeddings = evaluation.evaluate(
+            trainer, mesh, dataset, pipeline, config.eval, seed=config.seed,
+            with_train=last_epoch)
         eval_log.write(step, {"epoch": epoch + 1, "epoch_seconds": epoch_seconds,
                               "train_seconds": train_seconds, **metrics})
-        progress.write(f"epoch {epoch + 1}: precision@1 {metrics['precision_at_1']:.4f}  "
-                       f"MAP@R {metrics['map_at_r']:.4f}  ({epoch_seconds:.0f} s, "
-                       f"{train_seconds:.0f} s of training so far)")
+        progress.write(f"epoch {epoch + 1}: {_describe_metrics(metrics)}  ({epoch_seconds:.0f} "
+                       f"s, {train_seconds:.0f} s of training so far)")
         if is_main and config.export.pca_every_eval:
           exports.plot_pca(test_embeddings, dataset.test.labels,
                            os.path.join(workdir, "plots", f"pca_2d_epoch{epoch + 1:03d}.png"),
@@ -222,19 +249,48 @@ def _run(config, workdir, changes, checkpoints, stop_signals) -> dict:
     progress.close()
     train_log.close()
     eval_log.close()
+    health_log.close()
   checkpoints.wait()
 
   if test_embeddings is None:  # Resumed after the last epoch: evaluate the restored model.
-    metrics, test_embeddings = evaluation.evaluate(trainer, mesh, dataset, seed=config.seed,
-                                                   with_train=True)
+    metrics, test_embeddings = evaluation.evaluate(
+        trainer, mesh, dataset, pipeline, config.eval, seed=config.seed, with_train=True)
   final = dict(metrics)
-  final.update(loss=config.loss.name, dataset=config.data.name, epochs=config.num_epochs,
-               steps=step, train_seconds=train_seconds, skipped_steps=skipped_steps)
+  final.update(loss=config.loss.name, dataset=config.data.name,
+               class_split=config.data.class_split, epochs=config.num_epochs, steps=step,
+               train_seconds=train_seconds, skipped_steps=skipped_steps,
+               unreadable_images=len(_unreadable_files(dataset)),
+               unreadable_files=_unreadable_files(dataset),
+               health_warnings=[warning.record() for warning in monitor.warnings])
   if is_main:
     with open(os.path.join(workdir, "eval.json"), "w") as f:
       json.dump(final, f, indent=2)
-    reports.write_exports(workdir, config, dataset, test_embeddings, final)
+    notes = monitor.summary()
+    if final["unreadable_images"]:
+      notes += (f"\n\n{final['unreadable_images']} unreadable image files were skipped "
+                "(unreadable_files in eval.json).")
+    reports.write_exports(workdir, config, dataset, test_embeddings, final, notes=notes)
   return final
+
+
+def _describe_metrics(metrics: dict) -> str:
+  """One line of an evaluation's headline numbers."""
+  where = ("unseen classes" if metrics.get("num_unseen_test_classes")
+           else "test")
+  line = (f"{where}: precision@1 {metrics['precision_at_1']:.4f}  "
+          f"MAP@R {metrics['map_at_r']:.4f}")
+  if "validation_precision_at_1" in metrics:
+    line += (f"  validation: precision@1 {metrics['validation_precision_at_1']:.4f}  "
+             f"MAP@R {metrics['validation_map_at_r']:.4f}")
+  return line
+
+
+def _unreadable_files(dataset: datasets.Dataset) -> dict[str, str]:
+  """{path: reason} of the image files skipped as unreadable (the "skip" policy)."""
+  for split in (dataset.train, dataset.test, dataset.validation):
+    if split is not None and images_lib.is_lazy(split.images):
+      return dict(sorted(split.images.decoder.unreadable.items()))
+  return {}
 
 
 def _stop_on_signal(signal_number, step, epoch, steps_per_epoch, save, check_finite,

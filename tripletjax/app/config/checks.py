@@ -21,12 +21,16 @@ from tripletjax import losses
 from tripletjax import mining
 from tripletjax import validation
 from tripletjax.app import errors
+from tripletjax.app import faiss_index
 from tripletjax.app import models
 from tripletjax.app import optimizers
+from tripletjax.app import retrieval
 from tripletjax.app.config import defaults
 from tripletjax.app.data import augmentations
 from tripletjax.app.data import datasets
+from tripletjax.app.data import images
 from tripletjax.app.data import samplers
+from tripletjax.app.data import splits
 
 # Seeds seed JAX keys (seed and seed + 1), which keep only their low 32 bits.
 SEED_LIMIT = 2**31
@@ -89,6 +93,17 @@ class _Checker:
     if not (isinstance(value, bool) or (optional and value is None)):
       _fail(key, value, "must be True or False" + (" or None" if optional else ""))
 
+  def pair(self, key: str, *, low: float, high: float | None, hint: str) -> None:
+    """A (low, high) pair of numbers with low_bound < low <= high (<= high_bound if given)."""
+    value = self[key]
+    ok = (isinstance(value, (tuple, list)) and len(value) == 2
+          and all(_is_number(v) and math.isfinite(v) for v in value))
+    if ok:
+      first, second = value
+      ok = low < first <= second and (high is None or second <= high)
+    if not ok:
+      _fail(key, value, f"must be a pair (low, high) with {hint}")
+
   def choice(self, key: str, valid: Iterable[str]) -> None:
     value, valid = self[key], sorted(valid)
     if value not in valid:
@@ -145,8 +160,32 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
     _fail("data.data_dir", data_dir, "must be a folder path or None")
   check.integer("data.max_train", 1, optional=True)
   check.integer("data.max_test", 1, optional=True)
-  check.choice("data.augment", augmentations.AUGMENTATIONS)
+  try:
+    splits.check_class_split(check["data.class_split"])
+  except ValueError as error:
+    _fail("data.class_split", check["data.class_split"], str(error))
+  check.number("data.validation_fraction", minimum=0.0, below=1.0)
+  is_folder = isinstance(name, str) and name.startswith(datasets.FOLDER_PREFIX)
+  check.choice("data.augment", augmentations.FILE_AUGMENTATIONS if is_folder
+               else augmentations.AUGMENTATIONS)
   check.integer("data.max_shift", 0)
+  check.integer("data.image_size", 1)
+  check.choice("data.image_channels", (1, 3))
+  check.integer("data.eval_resize", 1)
+  if config.data.eval_resize < config.data.image_size:
+    _fail("data.eval_resize", config.data.eval_resize,
+          f"must be at least data.image_size={config.data.image_size} (the centre crop is "
+          "taken from the resized image)")
+  check.pair("data.crop_scale", low=0.0, high=1.0, hint="0 < low <= high <= 1")
+  check.pair("data.crop_ratio", low=0.0, high=None, hint="0 < low <= high")
+  check.choice("data.normalize", images.NORMALIZATIONS)
+  if (is_folder and images.NORMALIZATIONS[config.data.normalize] is not None
+      and config.data.image_channels != 3):
+    _fail("data.normalize", config.data.normalize,
+          "needs data.image_channels=3 (its mean and std are per RGB channel)")
+  check.choice("data.unreadable", images.UNREADABLE_POLICIES)
+  check.integer("data.decode_workers", 0)
+  check.integer("data.prefetch_batches", 1)
 
   model_name = check["model.name"]
   check.choice("model.name", models.MODELS)
@@ -202,6 +241,18 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
   check.number("optimizer.weight_decay", minimum=0.0)
   check.number("optimizer.momentum", minimum=0.0, below=1.0)
   check.number("optimizer.grad_clip_norm", minimum=0.0)
+
+  ks = check["eval.recall_ks"]
+  if not (isinstance(ks, (tuple, list)) and ks and all(_is_integer(k) and k >= 1 for k in ks)):
+    _fail("eval.recall_ks", ks, "must be a non-empty tuple of integers >= 1")
+  check.choice("eval.backend", retrieval.BACKENDS)
+  if config.eval.backend == "faiss" and not faiss_index.available():
+    raise errors.MissingDependencyError(
+        "config.eval.backend='faiss': faiss is not installed", faiss_index.INSTALL_HINT)
+  check.integer("eval.faiss_min_size", 1)
+
+  check.boolean("monitor.enabled")
+  check.integer("monitor.patience_steps", 1)
 
   check.integer("export.projector_max_points", 1)
   check.boolean("export.pca_every_eval")

@@ -17,12 +17,33 @@ def get_config() -> ml_collections.ConfigDict:
   config.quiet = False  # True hides the progress bar.
 
   config.data = ml_collections.ConfigDict()
-  config.data.name = "digits"  # digits | fashion_mnist | mnist | tfds:<name>
+  # digits | fashion_mnist | mnist | tfds:<name> | folder:<path> (app/data/folders.py)
+  config.data.name = "digits"
   config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
   config.data.max_train = ml_collections.FieldReference(None, field_type=int)
   config.data.max_test = ml_collections.FieldReference(None, field_type=int)
-  config.data.augment = "none"  # none | flip | shift | flip_shift (app/data/augmentations.py)
+  # Train and test on disjoint classes: none | half | <first>:<last> (app/data/splits.py).
+  config.data.class_split = "none"
+  # Hold out this fraction of the training side for validation: of the training classes under
+  # a class split, of each class's examples otherwise. 0: no validation set.
+  config.data.validation_fraction = 0.0
+  # In-memory images: none | flip | shift | flip_shift; image files (folder:): none | flip |
+  # crop | crop_flip (app/data/augmentations.py).
+  config.data.augment = "none"
   config.data.max_shift = 2  # shift, flip_shift: largest translation in pixels.
+  # Image files (folder:): square crops of image_size, image_channels 1 (grey) or 3 (RGB);
+  # evaluation resizes the shorter side to eval_resize, then crops the centre; training's
+  # random resized crops cover crop_scale of the area at aspect ratios crop_ratio.
+  config.data.image_size = 224
+  config.data.image_channels = 3
+  config.data.eval_resize = 256
+  config.data.crop_scale = (0.16, 1.0)
+  config.data.crop_ratio = (3 / 4, 4 / 3)
+  config.data.normalize = "none"  # none | imagenet (mean/std of ImageNet-pretrained weights)
+  config.data.unreadable = "error"  # error | skip: an unreadable image file stops the run or
+  # is skipped, reported once and counted.
+  config.data.decode_workers = 0  # Image decoding threads; 0: one per core.
+  config.data.prefetch_batches = 2  # Image-file batches decoded ahead of the training step.
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "tfa_cnn"  # tfa_cnn | hsu_cnn | resnet18 | resnet34 | resnet50
@@ -62,6 +83,19 @@ def get_config() -> ml_collections.ConfigDict:
   # A step with a non-finite loss or gradient stops the run (False) or is skipped and counted
   # in the metrics' skipped_steps (True). The state is never updated by such a step.
   config.optimizer.skip_nonfinite = False
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.recall_ks = (1, 2, 4, 8)  # The k of recall@k.
+  # Neighbour search: auto | numpy | faiss (the same results); auto takes faiss (if installed)
+  # for galleries of at least faiss_min_size embeddings.
+  config.eval.backend = "auto"
+  config.eval.faiss_min_size = 50_000
+
+  config.monitor = ml_collections.ConfigDict()
+  # Warn about embedding collapse, dead mining or batches without positive pairs once a sign
+  # has lasted patience_steps steps (app/monitor.py).
+  config.monitor.enabled = True
+  config.monitor.patience_steps = 200
 
   config.export = ml_collections.ConfigDict()
   config.export.projector_max_points = 2000
