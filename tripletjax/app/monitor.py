@@ -8,10 +8,12 @@ the loss's statistics over `log_every_steps` steps: `losses.MINED_LOSSES[name].s
 loss, the embedding norm) and returns a `HealthWarning` the first time a condition has held
 for `patience_steps` steps in a row:
 
-  * "collapse": the loss sits at the value it takes when all embeddings coincide (`margin` for
-    the triplet losses, log 2 for soft batch-hard, 0.5 margin^2 x the share of negative pairs
-    for contrastive) within 2%, with the fraction of active triplets (pairs) at its collapsed
-    value, and, where the loss reports them, the negative-minus-positive distance gap near 0.
+  * "collapse": the embeddings of a batch have gathered at one point: their spread (mean squared
+    distance to their mean, `train_step.embedding_spread`; ~1 for unit vectors spread over the
+    sphere, 0 at full collapse) is below `SPREAD_TOLERANCE` (pairs closer than ~0.14 on
+    average), and the fraction of active triplets (pairs) sits at its collapsed value (all of
+    them for the triplet losses, the negative pairs for contrastive). The loss then creeps to
+    its collapsed value (the margin for the triplet losses) and stays there.
   * "dead_mining": no active triplet at all (fraction active 0): the loss and its gradient are
     0, nothing is learnt.
   * "no_positives": no positive pair in the batches (every class once per batch): the triplet
@@ -28,13 +30,11 @@ import dataclasses
 import math
 from typing import Iterable
 
-# A logged loss within this fraction of its collapsed value counts as collapsed.
-LOSS_TOLERANCE = 0.02
+# An embedding spread below this counts as collapsed (mean pairwise squared distance below
+# 0.02: typical distances under ~0.14, where unit vectors can be up to 2 apart).
+SPREAD_TOLERANCE = 0.01
 # A fraction of active triplets within this of its collapsed value counts as collapsed.
 ACTIVE_TOLERANCE = 0.01
-# Mean negative minus mean positive distance below this counts as no separation (the
-# embeddings are unit vectors: distances are at most 2).
-GAP_TOLERANCE = 0.05
 # Fraction active at or below this counts as none (dead mining).
 DEAD_FRACTION = 1e-6
 # The statistic that counts positive pairs (or what the loss needs them for), by loss.
@@ -113,20 +113,12 @@ class MiningMonitor:
   # --- conditions of one record ---------------------------------------------------------------
 
   def _is_collapsed(self, record: dict) -> bool:
-    loss = record.get("loss")
-    target = collapsed_loss(self.loss_name, self.margin, self.soft, record)
+    spread = record.get("embedding_spread")
     active_target = collapsed_fraction_active(self.loss_name, record)
     active = record.get("fraction_active")
-    if None in (loss, target, active_target, active) or target <= 0:
+    if None in (spread, active_target, active):
       return False
-    if abs(loss - target) > LOSS_TOLERANCE * target:
-      return False
-    if abs(active - active_target) > ACTIVE_TOLERANCE:
-      return False
-    positive, negative = record.get("mean_positive_distance"), record.get("mean_negative_distance")
-    if positive is not None and negative is not None:
-      return negative - positive < GAP_TOLERANCE
-    return True
+    return spread < SPREAD_TOLERANCE and abs(active - active_target) <= ACTIVE_TOLERANCE
 
   def _is_dead(self, record: dict) -> bool:
     active = record.get("fraction_active")
@@ -159,6 +151,8 @@ class MiningMonitor:
     if "mean_positive_distance" in record and "mean_negative_distance" in record:
       parts.append(f"mean positive distance {record['mean_positive_distance']:.4f}, "
                    f"mean negative distance {record['mean_negative_distance']:.4f}")
+    if "embedding_spread" in record:
+      parts.append(f"embedding spread {record['embedding_spread']:.4f}")
     if "embedding_norm" in record:
       parts.append(f"embedding norm before normalisation {record['embedding_norm']:.3g}")
     if "num_fallback" in record:
@@ -175,9 +169,9 @@ class MiningMonitor:
         suggestions.append("semi-hard instead of hard mining (--config.loss.name=semihard)")
       suggestions.append(f"a smaller margin (--config.loss.margin={self.margin / 2:g})")
       suggestions.append(self._more_classes())
-      message = (f"the embeddings have collapsed: for {self.patience_steps}+ steps the loss has "
-                 f"stayed at {target:.4g}, its value when every embedding is the same point "
-                 f"({seen}).")
+      message = (f"the embeddings are collapsing to one point: for {self.patience_steps}+ steps "
+                 "they have stayed close together with every triplet active; the loss tends to "
+                 f"{target:.4g}, its value when they coincide ({seen}).")
     elif kind == "dead_mining":
       suggestions = [f"a larger margin (--config.loss.margin={self.margin * 2:g})",
                      "harder mining (--config.loss.name=hard or batch_all)" if
