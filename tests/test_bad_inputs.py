@@ -101,7 +101,7 @@ def config_with(key: str, value):
     ("loss.name", "semi_hard", "one of 'batch_all', 'contrastive', 'hard', 'semihard'"),
     ("loss.metric", "cosine", "one of 'angular', 'l2', 'squared_l2'"),
     ("model.name", "vgg16", "one of 'hsu_cnn'"),
-    ("optimizer.name", "lamb", "one of 'adam', 'adamw', 'sgd'"),
+    ("optimizer.name", "lamb", "one of 'adam', 'adamw', 'rmsprop', 'sgd'"),
     ("optimizer.schedule", "linear", "one of 'constant', 'cosine', 'warmup_cosine'"),
     ("batch.sampler", "random", "one of 'balanced', 'shuffled'"),
     ("data.augment", "rotate", "one of 'flip'"),
@@ -136,7 +136,8 @@ def test_unknown_key_in_a_config_file_is_an_error():
     checks.check_config(config)
 
 
-@pytest.mark.parametrize("name", ["digits", "fashion_mnist", "mnist"])
+@pytest.mark.parametrize("name", sorted(
+    name[:-3] for name in os.listdir(os.path.join(REPO, "configs")) if name.endswith(".py")))
 def test_shipped_configs_pass(name):
   module = {}
   with open(os.path.join(REPO, "configs", f"{name}.py")) as f:

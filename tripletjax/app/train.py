@@ -132,10 +132,16 @@ def _run(config, workdir, changes, checkpoints, stop_signals, dataset) -> dict:
   is_main = jax.process_index() == 0
   mesh = parallel.make_mesh()
   pipeline = pipeline_lib.InputPipeline(config.data, config.seed)
-  sampler = samplers.make_sampler(
-      config.batch.sampler, dataset.train.labels, batch_size=config.batch.batch_size,
-      classes_per_batch=config.batch.classes_per_batch,
-      samples_per_class=config.batch.samples_per_class, seed=config.seed)
+  try:
+    sampler = samplers.make_sampler(
+        config.batch.sampler, dataset.train.labels, batch_size=config.batch.batch_size,
+        classes_per_batch=config.batch.classes_per_batch,
+        samples_per_class=config.batch.samples_per_class, seed=config.seed)
+  except ValueError as error:  # The batch settings do not fit this training set.
+    raise errors.ConfigError(
+        f"config.batch does not fit the {len(dataset.train)} training examples of "
+        f"{len(dataset.train.classes)} classes: {error}",
+        "change config.batch.classes_per_batch / samples_per_class / batch_size") from error
   steps_per_epoch = sampler.steps_per_epoch
   total_steps = steps_per_epoch * config.num_epochs
   trainer = train_step.build_trainer(config, dataset.train.images.shape[1:], total_steps, mesh)

@@ -163,3 +163,14 @@ def test_missing_and_empty_folders(tmp_path):
   (tmp_path / "empty" / "class_a").mkdir(parents=True)
   with pytest.raises(errors.DataError, match="no image found"):
     load(tmp_path / "empty", class_split="half")
+
+
+def test_validation_takes_whole_classes_when_the_test_classes_are_unseen(tmp_path):
+  image_folders.write_sop(tmp_path, num_train_classes=8, num_test_classes=2, per_class=2)
+  dataset = load(tmp_path, validation_fraction=0.25)
+  try:
+    train, validation = set(dataset.train.classes), set(dataset.validation.classes)
+    assert len(validation) == 2 and not train & validation
+    assert all(np.sum(dataset.train.labels == label) == 2 for label in train)
+  finally:
+    dataset.close()

@@ -24,8 +24,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.max_test = ml_collections.FieldReference(None, field_type=int)
   # Train and test on disjoint classes: none | half | <first>:<last> (app/data/splits.py).
   config.data.class_split = "none"
-  # Hold out this fraction of the training side for validation: of the training classes under
-  # a class split, of each class's examples otherwise. 0: no validation set.
+  # Hold out this fraction of the training side for validation: of the training classes when
+  # the test classes are unseen (class split, SOP, In-Shop), of each class's examples
+  # otherwise. 0: no validation set.
   config.data.validation_fraction = 0.0
   # In-memory images: none | flip | shift | flip_shift; image files (folder:): none | flip |
   # crop | crop_flip (app/data/augmentations.py).
@@ -73,12 +74,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch.samples_per_class = 16  # K, balanced only.
 
   config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "adam"  # adam | adamw | sgd
+  config.optimizer.name = "adam"  # adam | adamw | sgd | rmsprop
   config.optimizer.learning_rate = 1e-3
   config.optimizer.schedule = "constant"  # constant | cosine | warmup_cosine
   config.optimizer.warmup_steps = 0
-  config.optimizer.weight_decay = 1e-4  # adamw only.
-  config.optimizer.momentum = 0.9  # sgd only.
+  config.optimizer.weight_decay = 1e-4  # adamw (decoupled) and rmsprop (L2) only.
+  config.optimizer.momentum = 0.9  # sgd and rmsprop only.
   config.optimizer.grad_clip_norm = 0.0  # 0 disables clipping.
   # A step with a non-finite loss or gradient stops the run (False) or is skipped and counted
   # in the metrics' skipped_steps (True). The state is never updated by such a step.

@@ -188,8 +188,9 @@ def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0,
     max_test: the same for the test split.
     class_split: "none", "half" or "<first>:<last>": train and test on disjoint classes
       (`splits`).
-    validation_fraction: hold this fraction of the training side out for validation (of its
-      classes under a class split, of each class's examples otherwise); 0: no validation.
+    validation_fraction: hold this fraction of the training side out for validation: of its
+      classes when train and test classes are disjoint (a class split, SOP, In-Shop), of each
+      class's examples otherwise; 0: no validation.
     image_options: how folder datasets decode their images (default `ImageOptions()`).
 
   Returns:
@@ -207,7 +208,9 @@ def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0,
   """
   dataset = find_loader(name)(name, data_dir, seed, image_options or ImageOptions())
   dataset = _split_classes(dataset, class_split)
-  dataset = _hold_out_validation(dataset, validation_fraction, class_split != "none", seed)
+  # Validation mirrors the test side: unseen classes when the test classes are unseen.
+  disjoint = not np.intersect1d(dataset.train.classes, dataset.test.classes).size
+  dataset = _hold_out_validation(dataset, validation_fraction, disjoint, seed)
   return dataclasses.replace(
       dataset,
       train=_subsample(dataset.train, max_train, seed, "max_train"),

@@ -14,9 +14,10 @@ classes and evaluates retrieval on classes never seen in training: CUB-200-2011 
 A class split pools every example of the dataset (its train and test splits) and assigns each
 to the side of its class, as the protocol does with every image of the test classes.
 
-A validation subset (`config.data.validation_fraction`) comes from the training side: with a
-class split, that fraction of the training classes (chosen with the seed), so validation
-classes are unseen too; without one, that fraction of each training class's examples.
+A validation subset (`config.data.validation_fraction`) comes from the training side. When the
+test classes are unseen (a class split, or a dataset split that way, SOP and In-Shop), it is
+that fraction of the training classes (chosen with the seed), so validation classes are unseen
+too; otherwise that fraction of each training class's examples.
 """
 
 from __future__ import annotations
