@@ -174,3 +174,11 @@ def test_validation_takes_whole_classes_when_the_test_classes_are_unseen(tmp_pat
     assert all(np.sum(dataset.train.labels == label) == 2 for label in train)
   finally:
     dataset.close()
+
+
+def test_tfds_images_of_several_sizes_point_to_folder_datasets():
+  source = [{"image": np.zeros((4, 5, 3), np.uint8), "label": 0},
+            {"image": np.zeros((6, 5, 3), np.uint8), "label": 1}]
+  with pytest.raises(errors.DataError, match="2 different sizes") as caught:
+    datasets._read_tfds_source(source, "caltech_birds2011/train")
+  assert "folder:" in caught.value.hint

@@ -170,7 +170,8 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
                else augmentations.AUGMENTATIONS)
   check.integer("data.max_shift", 0)
   check.integer("data.image_size", 1)
-  check.choice("data.image_channels", (1, 3))
+  if check["data.image_channels"] not in (1, 3) or isinstance(check["data.image_channels"], bool):
+    _fail("data.image_channels", check["data.image_channels"], "must be 1 (grey) or 3 (RGB)")
   check.integer("data.eval_resize", 1)
   if config.data.eval_resize < config.data.image_size:
     _fail("data.eval_resize", config.data.eval_resize,

@@ -577,6 +577,14 @@ def _read_tfds_source(source, description: str) -> Split:
       labels.append(example["label"])
   if not images:
     raise errors.DataError(f"tfds {description} is empty.")
+  shapes = {np.shape(image) for image in images}
+  if len(shapes) > 1:
+    raise errors.DataError(
+        f"tfds {description} holds images of {len(shapes)} different sizes (e.g. "
+        f"{', '.join(map(str, sorted(shapes)[:3]))}); tfds: datasets are read into memory "
+        "as they are and need one image size.",
+        "read such datasets (CUB-200-2011, Cars196, ...) from their image files with "
+        "config.data.name=folder:<path>, which resizes and crops them (see configs/)")
   images = np.stack(images)
   if images.ndim == 3:  # Grayscale features without a channel axis.
     images = images[..., np.newaxis]
