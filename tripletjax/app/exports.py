@@ -37,7 +37,9 @@ _TRAINING_PANELS = (
     ("embedding_norm", "mean embedding norm (before normalisation)"),
     ("embedding_spread", "embedding spread (0: collapsed)"),
 )
-_EVAL_CURVES = (("precision_at_1", "precision@1"), ("map_at_r", "MAP@R"))
+_EVAL_CURVES = (("precision_at_1", "precision@1"), ("map_at_r", "MAP@R"),
+                ("validation_precision_at_1", "validation precision@1"),
+                ("validation_map_at_r", "validation MAP@R"))
 # The columns of the CSV beside every plot: one row per plotted point; panel is the axes'
 # title, series the line's or scatter's legend label, z empty in 2-D.
 PLOT_DATA_COLUMNS = ("panel", "series", "x", "y", "z")
@@ -398,11 +400,13 @@ def plot_training_curves(runs: Mapping[str, Sequence[Mapping]], out_path) -> str
 
 
 def plot_eval_history(records: Sequence[Mapping], out_path) -> str:
-  """Precision@1 and MAP@R against the training step at which they were evaluated.
+  """Precision@1 and MAP@R (of the test set, and of the validation set when there is one)
+  against the training step at which they were evaluated.
 
   Args:
-    records: evaluation records (dicts with `step`, `precision_at_1`, `map_at_r`); records
-      missing a key are skipped for that curve.
+    records: evaluation records (dicts with `step`, `precision_at_1`, `map_at_r`, optionally
+      `validation_precision_at_1`, `validation_map_at_r`); records missing a key are skipped
+      for that curve.
     out_path: PNG path; the CSV beside it holds both curves (metric, step, value).
 
   Returns:
