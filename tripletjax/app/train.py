@@ -227,7 +227,8 @@ def _run(config, workdir, changes, checkpoints, stop_signals, dataset) -> dict:
           progress.set_postfix(loss=f"{record['loss']:.4f}",
                                active=f"{record['fraction_active']:.3f}")
           for warning in monitor.update(step, record):
-            progress.write(f"warning: {warning}")
+            if is_main:
+              progress.write(f"warning: {warning}")
             health_log.write(step, warning.record())
         progress.update(1)
       check_finite()
