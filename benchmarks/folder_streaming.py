@@ -1,7 +1,8 @@
 """Streaming a folder of images larger than memory would hold as float32: throughput and peak
 memory of the input pipeline.
 
-Writes --files small PNG images (16 x 16, one folder per class) unless the folder exists, then
+Writes --files images (16 x 16 PNGs by default; --source-size 500 375 --format jpg for
+CUB-like JPEGs; one folder per class) unless the folder exists, then
 runs one training epoch of batches (random resized crops and flips to --size, decoded by the
 worker threads) over the training classes and one evaluation pass (resize + centre crop) over
 the test classes (class split "half"), exactly as the trainer draws them
@@ -10,6 +11,8 @@ memory of the process (`ru_maxrss`), and the memory the decoded dataset would ta
 
 Usage:
   python -m benchmarks.folder_streaming --folder /tmp/stream --files 45000 --size 224
+  python -m benchmarks.folder_streaming --folder /tmp/cub-like --files 3000 --size 224 \
+      --source-size 500 375 --format jpg
   python -m benchmarks.folder_streaming --folder /path/to/CUB_200_2011/images --size 224
 
 Prints one JSON object.
@@ -34,14 +37,24 @@ from tripletjax.app.data import samplers
 NUM_CLASSES = 100
 
 
-def write_folder(folder: str, count: int) -> None:
+def write_folder(folder: str, count: int, size=(16, 16), suffix: str = "png") -> None:
+  """`count` images of `size` (width, height): noise at 16 x 16, else smooth gradients with
+  mild noise (photograph-like for a JPEG encoder)."""
   rng = np.random.default_rng(0)
   for label in range(NUM_CLASSES):
     os.makedirs(os.path.join(folder, f"{label:03d}"), exist_ok=True)
+  width, height = size
+  rows, columns = np.mgrid[0:height, 0:width]
   for index in range(count):
-    pixels = rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+    if width * height <= 256:
+      pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    else:
+      phase = rng.uniform(0, 2 * np.pi, size=3)
+      waves = [127 + 100 * np.sin(columns / (20 + 7 * c) + rows / 31 + phase[c]) for c in range(3)]
+      noisy = np.stack(waves, -1) + rng.normal(0, 6, size=(height, width, 3))
+      pixels = noisy.clip(0, 255).astype(np.uint8)
     Image.fromarray(pixels).save(os.path.join(folder, f"{index % NUM_CLASSES:03d}",
-                                              f"{index:06d}.png"))
+                                              f"{index:06d}.{suffix}"))
 
 
 def peak_rss_bytes() -> int:
@@ -55,10 +68,13 @@ def main(argv=None) -> dict:
   parser.add_argument("--size", type=int, default=224)
   parser.add_argument("--batch-size", type=int, default=64)
   parser.add_argument("--workers", type=int, default=0)
+  parser.add_argument("--source-size", type=int, nargs=2, default=(16, 16),
+                      metavar=("WIDTH", "HEIGHT"))
+  parser.add_argument("--format", choices=("png", "jpg"), default="png")
   args = parser.parse_args(argv)
   if not os.path.exists(args.folder):
     start = time.perf_counter()
-    write_folder(args.folder, args.files)
+    write_folder(args.folder, args.files, tuple(args.source_size), args.format)
     print(f"wrote {args.files} files in {time.perf_counter() - start:.0f} s", flush=True)
   config = defaults.get_config().data
   config.image_size, config.eval_resize, config.augment = args.size, args.size, "crop_flip"

@@ -16,8 +16,8 @@ evaluation; RMSprop at 1e-6, weight decay 5e-5, momentum 0.9; batch_all
 (pytorch-metric-learning's TripletMarginLoss) with the paper's optimised margin for SOP.
 Batches of 32 = 16 classes x 2 images: SOP classes have as few as 2 images (the paper's
 sampler takes 4 per class, repeating images of smaller classes). Differences: ResNet-50 at
-224 x 224 instead of BN-Inception at 227 x 227, BatchNorm not frozen. Above
-config.eval.faiss_min_size test images, neighbours come from faiss when it is installed.
+224 x 224 instead of BN-Inception at 227 x 227, BatchNorm not frozen. Recall@1000 needs
+1000 neighbours per query, which NumPy finds faster than faiss on a CPU (config.eval.backend).
 
 Compare with the paper's Table 3, row "Triplet", SOP columns (precision@1 / R-precision /
 MAP@R, "separated 128-dim" for one model like this config's).

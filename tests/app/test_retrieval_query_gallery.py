@@ -138,9 +138,26 @@ def test_faiss_rows_it_cannot_vouch_for_are_ranked_by_numpy(faiss_installed, mon
   assert sum(calls) == 300
 
 
-def test_auto_backend_takes_faiss_from_the_threshold(faiss_installed, monkeypatch):
+def test_auto_backend_takes_faiss_for_large_galleries_and_few_neighbours(faiss_installed,
+                                                                          monkeypatch):
   assert retrieval.resolve_backend("auto", 10, faiss_min_references=11) == "numpy"
   assert retrieval.resolve_backend("auto", 11, faiss_min_references=11) == "faiss"
+  limit = retrieval.FAISS_MAX_NEIGHBOURS
+  assert retrieval.resolve_backend("auto", 11, 11, num_neighbours=limit) == "faiss"
+  assert retrieval.resolve_backend("auto", 11, 11, num_neighbours=limit + 1) == "numpy"
+  # The metrics pass the neighbours they need: R + recall's largest k.
+  calls = []
+  original = retrieval.resolve_backend
+  monkeypatch.setattr(retrieval, "resolve_backend",
+                      lambda *args, **kw: calls.append(args) or original(*args, **kw))
+  labels = np.repeat(np.arange(4), 10)
+  embeddings = np.random.default_rng(0).normal(size=(40, 3))
+  retrieval.retrieval_metrics(embeddings, labels, ks=(1, 5), backend="auto",
+                              faiss_min_references=40)
+  assert calls[-1] == ("auto", 40, 40, 9)
+  retrieval.query_gallery_metrics(embeddings[:5], labels[:5], embeddings, labels, ks=(1, 20),
+                                  backend="auto", faiss_min_references=40)
+  assert calls[-1] == ("auto", 40, 40, 20)
   monkeypatch.setattr(faiss_index, "available", lambda: False)
   assert retrieval.resolve_backend("auto", 10**6) == "numpy"
   with pytest.raises(errors.MissingDependencyError, match="faiss"):

@@ -108,8 +108,7 @@ def evaluate(trainer, mesh, dataset, pipeline, eval_config, *, seed: int,
     valid = _readable(validation)
     scores = retrieval.retrieval_metrics(
         embeddings[valid], validation.labels[valid], ks=options["ks"],
-        backend=retrieval.resolve_backend(options["backend"], int(valid.sum()),
-                                          options["faiss_min_references"]))
+        backend=options["backend"], faiss_min_references=options["faiss_min_references"])
     metrics.update({f"validation_{name}": scores[name] for name in VALIDATION_METRICS})
     metrics["num_validation_classes"] = len(validation.classes)
   return metrics, test_embeddings

@@ -27,7 +27,9 @@ Query/gallery evaluation (In-Shop) ranks a separate gallery for each query inste
 Neighbours come from one of `BACKENDS`: "numpy" (BLAS similarities, the ranking above) or
 "faiss" (`faiss_index`: an exact inner-product index for the candidates, re-ranked here with
 NumPy's similarities and tie rule, so both give the same neighbours and metrics). "auto" takes
-faiss for galleries of at least `FAISS_MIN_REFERENCES` when it is installed.
+faiss, when it is installed, for galleries of at least `FAISS_MIN_REFERENCES` searched for at
+most `FAISS_MAX_NEIGHBOURS` neighbours per query: with more, gathering the candidates'
+similarities costs more than NumPy's full ranking (benchmarks/retrieval_backends.py).
 """
 
 from __future__ import annotations
@@ -51,8 +53,10 @@ KMEANS_N_INIT = 1
 # (2 x 16384 x D float64 rows is ~64 MiB at D = 256).
 _PAIR_CHUNK_SIZE = 16384
 BACKENDS = ("auto", "numpy", "faiss")
-# "auto" searches galleries of at least this many references with faiss (when installed).
-FAISS_MIN_REFERENCES = 50_000
+# "auto" searches galleries of at least this many references with faiss (when installed), for
+# at most FAISS_MAX_NEIGHBOURS neighbours per query.
+FAISS_MIN_REFERENCES = 20_000
+FAISS_MAX_NEIGHBOURS = 64
 # Candidates fetched from faiss beyond the k needed: max(_FAISS_EXTRA, k / 8).
 _FAISS_EXTRA = 16
 # Candidate similarities gathered at once in the faiss re-ranking (float64 entries).
@@ -60,8 +64,10 @@ _GATHER_ENTRIES = 1 << 23
 
 
 def resolve_backend(backend: str, num_references: int,
-                    faiss_min_references: int = FAISS_MIN_REFERENCES) -> str:
-  """The neighbour search that `backend` means for a gallery of `num_references` rows.
+                    faiss_min_references: int = FAISS_MIN_REFERENCES,
+                    num_neighbours: int | None = None) -> str:
+  """The neighbour search that `backend` means for a gallery of `num_references` rows searched
+  for `num_neighbours` neighbours per query (None: few).
 
   Raises:
     ValueError: an unknown backend.
@@ -71,7 +77,9 @@ def resolve_backend(backend: str, num_references: int,
     raise ValueError(f"Unknown retrieval backend {backend!r}; expected one of "
                      f"{', '.join(BACKENDS)}.")
   if backend == "auto":
-    use_faiss = num_references >= faiss_min_references and faiss_index.available()
+    use_faiss = (num_references >= faiss_min_references
+                 and (num_neighbours is None or num_neighbours <= FAISS_MAX_NEIGHBOURS)
+                 and faiss_index.available())
     return "faiss" if use_faiss else "numpy"
   if backend == "faiss" and not faiss_index.available():
     raise errors.MissingDependencyError(
@@ -333,6 +341,7 @@ def retrieval_metrics(
     ks: Sequence[int] = DEFAULT_KS,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     backend: str = "numpy",
+    faiss_min_references: int = FAISS_MIN_REFERENCES,
 ) -> dict:
   """Leave-one-out ranking metrics of a labelled set, in one pass over its neighbours.
 
@@ -345,6 +354,7 @@ def retrieval_metrics(
     ks: the k of Recall@k.
     chunk_size: queries ranked at once; memory is about `chunk_size * N` floats.
     backend: "numpy", "faiss" or "auto" (`resolve_backend`); the same results.
+    faiss_min_references: the set size from which "auto" may use faiss.
 
   Returns:
     {"precision_at_1": float, "recall_at_k": {"1": float, ...}, "r_precision": float,
@@ -353,10 +363,12 @@ def retrieval_metrics(
   embeddings, labels = _check_labelled_set(embeddings, labels)
   ks = _check_ks(ks)
   chunk_size = _check_chunk_size(chunk_size)
-  backend = resolve_backend(backend, len(labels))
   _, class_ids, class_sizes = np.unique(labels, return_inverse=True, return_counts=True)
+  same_class_others = class_sizes[class_ids] - 1
+  backend = resolve_backend(backend, len(labels), faiss_min_references,
+                            max(max(ks), int(same_class_others.max())))
   unit = _l2_normalize(embeddings)
-  return _ranking_metrics(unit, class_ids, unit, class_ids, class_sizes[class_ids] - 1, ks=ks,
+  return _ranking_metrics(unit, class_ids, unit, class_ids, same_class_others, ks=ks,
                           chunk_size=chunk_size, leave_one_out=True, backend=backend)
 
 
@@ -369,6 +381,7 @@ def query_gallery_metrics(
     ks: Sequence[int] = DEFAULT_KS,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     backend: str = "numpy",
+    faiss_min_references: int = FAISS_MIN_REFERENCES,
 ) -> dict:
   """Ranking metrics of queries searching a separate gallery (In-Shop's protocol).
 
@@ -382,6 +395,7 @@ def query_gallery_metrics(
     ks: the k of Recall@k (In-Shop papers report 1, 10, 20, 30, 40, 50).
     chunk_size: queries ranked at once; memory is about `chunk_size * N` floats.
     backend: "numpy", "faiss" or "auto" (`resolve_backend`); the same results.
+    faiss_min_references: the gallery size from which "auto" may use faiss.
 
   Returns:
     {"precision_at_1", "recall_at_k": {"1": ..., ...}, "r_precision", "map_at_r"} as in
@@ -396,14 +410,16 @@ def query_gallery_metrics(
                      f"size, got {query_embeddings.shape} and {gallery_embeddings.shape}.")
   ks = _check_ks(ks)
   chunk_size = _check_chunk_size(chunk_size)
-  backend = resolve_backend(backend, len(gallery_labels))
   _, class_ids = np.unique(np.concatenate([query_labels, gallery_labels]),
                            return_inverse=True)
   query_ids, gallery_ids = class_ids[:len(query_labels)], class_ids[len(query_labels):]
   gallery_counts = np.bincount(gallery_ids, minlength=class_ids.max() + 1)
+  relevant = gallery_counts[query_ids]
+  backend = resolve_backend(backend, len(gallery_labels), faiss_min_references,
+                            max(max(ks), int(relevant.max())))
   return _ranking_metrics(_l2_normalize(query_embeddings), query_ids,
                           _l2_normalize(gallery_embeddings), gallery_ids,
-                          gallery_counts[query_ids], ks=ks, chunk_size=chunk_size,
+                          relevant, ks=ks, chunk_size=chunk_size,
                           leave_one_out=False, backend=backend)
 
 
@@ -504,7 +520,8 @@ def nmi(embeddings, labels, *, seed: int = 0, n_init: int = KMEANS_N_INIT) -> fl
 
 def knn_accuracy(
     train_embeddings, train_labels, test_embeddings, test_labels, k: int = 1, *,
-    chunk_size: int = DEFAULT_CHUNK_SIZE, backend: str = "numpy") -> float:
+    chunk_size: int = DEFAULT_CHUNK_SIZE, backend: str = "numpy",
+    faiss_min_references: int = FAISS_MIN_REFERENCES) -> float:
   """Accuracy of k-nearest-neighbour classification of the test set by the training set.
 
   Neighbours are ranked by cosine similarity (ties to the lower training index). The
@@ -534,7 +551,7 @@ def knn_accuracy(
   if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
     raise ValueError(f"k must be a positive integer, got {k!r}.")
   chunk_size = _check_chunk_size(chunk_size)
-  backend = resolve_backend(backend, len(train_labels))
+  backend = resolve_backend(backend, len(train_labels), faiss_min_references, int(k))
   # One id space for both sets: classes may be missing from either side.
   _, class_ids = np.unique(np.concatenate([train_labels, test_labels]), return_inverse=True)
   train_ids, test_ids = class_ids[:len(train_labels)], class_ids[len(train_labels):]
@@ -690,7 +707,7 @@ def evaluate_embeddings(
     chunk_size: queries ranked at once (memory about `chunk_size * N` floats).
     max_pairs: cap on the verification pairs.
     backend: neighbour search, "numpy", "faiss" or "auto" (`resolve_backend`).
-    faiss_min_references: the gallery size from which "auto" uses faiss.
+    faiss_min_references: the gallery size from which "auto" may use faiss.
 
   Returns:
     {"precision_at_1", "recall_at_k": {"1": ..., "2": ..., ...}, "r_precision", "map_at_r",
@@ -702,15 +719,13 @@ def evaluate_embeddings(
   test_embeddings, test_labels = _check_labelled_set(test_embeddings, test_labels, "test_")
   if (train_embeddings is None) != (train_labels is None):
     raise ValueError("train_embeddings and train_labels must be given together.")
-  metrics = retrieval_metrics(
-      test_embeddings, test_labels, ks=ks, chunk_size=chunk_size,
-      backend=resolve_backend(backend, len(test_labels), faiss_min_references))
+  metrics = retrieval_metrics(test_embeddings, test_labels, ks=ks, chunk_size=chunk_size,
+                              backend=backend, faiss_min_references=faiss_min_references)
   metrics["nmi"] = nmi(test_embeddings, test_labels, seed=seed)
   if train_embeddings is not None:
     metrics["knn_accuracy"] = knn_accuracy(
         train_embeddings, train_labels, test_embeddings, test_labels, k=1,
-        chunk_size=chunk_size,
-        backend=resolve_backend(backend, len(train_labels), faiss_min_references))
+        chunk_size=chunk_size, backend=backend, faiss_min_references=faiss_min_references)
   metrics.update(verification_metrics(
       test_embeddings, test_labels, max_pairs=max_pairs, seed=seed))
   return metrics
@@ -740,8 +755,7 @@ def evaluate_query_gallery(
   """
   metrics = query_gallery_metrics(
       query_embeddings, query_labels, gallery_embeddings, gallery_labels, ks=ks,
-      chunk_size=chunk_size,
-      backend=resolve_backend(backend, len(gallery_labels), faiss_min_references))
+      chunk_size=chunk_size, backend=backend, faiss_min_references=faiss_min_references)
   everything = np.concatenate([np.asarray(query_embeddings), np.asarray(gallery_embeddings)])
   labels = np.concatenate([np.asarray(query_labels), np.asarray(gallery_labels)])
   metrics["nmi"] = nmi(everything, labels, seed=seed)

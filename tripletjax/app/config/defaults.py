@@ -88,9 +88,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.recall_ks = (1, 2, 4, 8)  # The k of recall@k.
   # Neighbour search: auto | numpy | faiss (the same results); auto takes faiss (if installed)
-  # for galleries of at least faiss_min_size embeddings.
+  # for galleries of at least faiss_min_size embeddings searched for at most 64 neighbours.
   config.eval.backend = "auto"
-  config.eval.faiss_min_size = 50_000
+  config.eval.faiss_min_size = 20_000
 
   config.monitor = ml_collections.ConfigDict()
   # Warn about embedding collapse, dead mining or batches without positive pairs once a sign
