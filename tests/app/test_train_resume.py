@@ -24,11 +24,11 @@ from tripletjax.app.data import augmentations
 from tripletjax.app import checkpointing
 from tripletjax.app import preemption
 from tripletjax.app import train
-from tests.test_train import read_jsonl, tiny_config
+from tests.app.test_train import read_jsonl, tiny_config
 from tripletjax.app import parallel
 from tripletjax.app import train_step
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMING_KEYS = {"train_seconds", "epoch_seconds"}
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-import conftest
+from tests import conftest
 from tripletjax.app.data import datasets
 
 

@@ -18,7 +18,7 @@ import textwrap
 import numpy as np
 import pytest
 
-import mining_oracle as oracle
+from tests.mining import oracle
 from tripletjax import reference
 from tripletjax.app import parallel
 from tripletjax.app import train_step
@@ -244,8 +244,7 @@ def two_train_steps(loss_name: str, forward_chunks: int, dropout_rate: float) ->
 TRAIN_SCRIPT = """
     import json, sys
     import jax, numpy as np
-    sys.path.insert(0, "tests")
-    from test_sharding import two_train_steps
+    from tests.test_losses_sharded import two_train_steps
 
     # As in this test session (conftest.py).
     jax.config.update("jax_threefry_partitionable", False)

@@ -19,7 +19,7 @@ from tripletjax.app import parallel
 from tripletjax.app import train_step
 from tripletjax.app.config import checks
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:

@@ -3,7 +3,7 @@
 The host miner splits the rows of a block over threads above `host_mining._PARALLEL_MIN_ENTRIES`
 entries and the losses cut large batches into blocks of anchor rows with padding rows; each
 path is checked for values, exact counts and gradients against `tripletjax.reference` and the
-float64 oracle of `mining_oracle` (which also has the gradient), for mining_backend "numpy" and
+float64 oracle of `tests.mining.oracle` (which also has the gradient), for mining_backend "numpy" and
 "xla". The batches sit on an integer grid: exact distances with many ties, so every count must
 match exactly.
 """
@@ -17,8 +17,8 @@ import jax
 import numpy as np
 import pytest
 
-import mining_oracle as oracle
 import tripletjax
+from tests.mining import oracle
 from tripletjax.mining import blocks
 from tripletjax.mining import host as host_mining
 

@@ -23,7 +23,7 @@ from tripletjax.app import errors
 from tripletjax import losses
 from tripletjax.app.config import checks
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run_main(*args: str, cwd: str = REPO) -> subprocess.CompletedProcess:

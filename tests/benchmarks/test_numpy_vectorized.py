@@ -2,14 +2,13 @@
 
 Values must match the loop reference `tripletjax.reference`, and the analytic gradients must
 match central finite differences of the reference (float64, so the differences are accurate)
-and, on batches with ties, the gradient of the tests' oracle (`mining_oracle`). The baselines
+and, on batches with ties, the gradient of the tests' oracle (`tests.mining.oracle`). The baselines
 import nothing from the package, so their agreement with it is that of two implementations.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import jax
@@ -17,16 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-# `benchmarks` is not an installed package; `python -m pytest` finds it from the repository root,
-# a bare `pytest` needs the root on the path.
-_REPO_ROOT = str(Path(__file__).resolve().parent.parent)
-if _REPO_ROOT not in sys.path:
-  sys.path.insert(0, _REPO_ROOT)
-
-import mining_oracle  # noqa: E402
-from benchmarks import numpy_vectorized  # noqa: E402
-from tripletjax import losses  # noqa: E402
-from tripletjax import reference  # noqa: E402
+# `benchmarks` is not an installed package: pytest puts the repository root on the path.
+from benchmarks import numpy_vectorized
+from tests.mining import oracle
+from tripletjax import losses
+from tripletjax import reference
 
 LOSS_NAMES = ("semihard", "hard", "batch_all", "contrastive")
 
@@ -127,11 +121,11 @@ def test_sorting_baselines_resolve_ties_like_the_package(loss_name):
   # which the float64 oracle of the tests implements independently.
   rng = np.random.default_rng(12)
   labels = rng.integers(0, 4, size=40).astype(np.int32)
-  embeddings = mining_oracle.integer_grid(rng, 40, dim=4)
-  distances = mining_oracle.distances(embeddings, "l2")
-  mining_oracle.check_exact_decisions(distances, [1.0])
-  mined = mining_oracle.MINERS[loss_name](labels, distances, 1.0)
-  expected = mining_oracle.embedding_gradient(embeddings, distances, mined.distance_gradient,
+  embeddings = oracle.integer_grid(rng, 40, dim=4)
+  distances = oracle.distances(embeddings, "l2")
+  oracle.check_exact_decisions(distances, [1.0])
+  mined = oracle.MINERS[loss_name](labels, distances, 1.0)
+  expected = oracle.embedding_gradient(embeddings, distances, mined.distance_gradient,
                                               "l2")
   loss, gradient = numpy_vectorized.FORWARD_AND_BACKWARD[loss_name](labels, embeddings, 1.0)
   np.testing.assert_allclose(loss, mined.loss, rtol=1e-6)
