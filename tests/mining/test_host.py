@@ -1,70 +1,23 @@
-"""The sorting miners (semi-hard, batch-all) at scale, on every path, for both backends.
+"""The semi-hard miner in NumPy on the host (the "numpy" backend): its threads and its padding
+rows, against `tripletjax.reference` and the float64 oracle of `tests.mining.oracle` (which
+also has the gradient).
 
-The host miner splits the rows of a block over threads above `host_mining._PARALLEL_MIN_ENTRIES`
-entries and the losses cut large batches into blocks of anchor rows with padding rows; each
-path is checked for values, exact counts and gradients against `tripletjax.reference` and the
-float64 oracle of `tests.mining.oracle` (which also has the gradient), for mining_backend "numpy" and
-"xla". The batches sit on an integer grid: exact distances with many ties, so every count must
-match exactly.
+The host miner splits the rows of a block over threads above `host._PARALLEL_MIN_ENTRIES`
+entries; the `host_slices` fixture (conftest.py) records the slices it mined, which proves the
+path that ran. B = 600 runs the xla backend too, as the comparison. The batches sit on an
+integer grid: exact distances with many ties, so every count must match exactly.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-
-import jax
 import numpy as np
 import pytest
 
-import tripletjax
 from tests.mining import oracle
-from tripletjax.mining import blocks
 from tripletjax.mining import host as host_mining
 
 BACKENDS = ("numpy", "xla")
-LOSSES = {"semihard": tripletjax.triplet_semihard_loss,
-          "batch_all": tripletjax.batch_all_triplet_loss}
 MARGINS = (0.2, 1.0)
-HOST_CORES = 3
-
-
-def value_and_grad(variant: str, backend: str, metric: str):
-  """jit of (embeddings, labels, margin) -> ((loss, stats), gradient).
-
-  A new function each call, so that module constants patched by a test are read while tracing.
-  """
-  loss_fn = functools.partial(LOSSES[variant], metric=metric, return_stats=True,
-                              mining_backend=backend)
-  return jax.jit(jax.value_and_grad(lambda e, y, m: loss_fn(y, e, margin=m), has_aux=True))
-
-
-@pytest.fixture
-def host_slices(monkeypatch):
-  """The host miner sees HOST_CORES cores (on any machine); returns the rows of every slice.
-
-  The recorded slice sizes prove which path (one slice, or one per thread) actually ran.
-  """
-
-  class Cores:
-    def __getattr__(self, name):
-      return getattr(os, name)
-
-    @staticmethod
-    def sched_getaffinity(pid):
-      del pid
-      return set(range(HOST_CORES))
-
-  monkeypatch.setattr(host_mining, "os", Cores())
-  sizes = []
-  mine_rows = host_mining._semihard_rows
-
-  def recording(distances, *args):
-    sizes.append(distances.shape[0])
-    return mine_rows(distances, *args)
-
-  monkeypatch.setattr(host_mining, "_semihard_rows", recording)
-  return sizes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -80,58 +33,18 @@ def _batch_600():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("variant", ["semihard", "batch_all"])
-def test_batch_of_600_matches_reference_and_oracle(variant, backend, host_slices):
+def test_batch_of_600_matches_reference_and_oracle(variant, backend, host_slices,
+                                                   value_and_grad):
   labels, embeddings = _batch_600()
   assert 600 * 600 >= host_mining._PARALLEL_MIN_ENTRIES
   step = value_and_grad(variant, backend, "l2")
   for margin in MARGINS:
     result = step(embeddings, labels, np.float32(margin))
     oracle.assert_matches(variant, result, labels, embeddings, margin, "l2",
-                   f"{variant} {backend} B=600 margin={margin}")
+                          f"{variant} {backend} B=600 margin={margin}")
   # The numpy semi-hard miner split every call's 600 rows over the threads.
   on_threads = variant == "semihard" and backend == "numpy"
   assert host_slices == ([200, 200, 200] * len(MARGINS) if on_threads else [])
-
-
-# ----------------------------------------------------------------------------------------------
-# Small batches through every path: blocks of anchor rows with padding rows, and the host
-# miner's threads below its usual threshold.
-
-
-def _small_batches():
-  """(name, labels, embeddings) of B = 50, including the empty cases of the mining rules."""
-  rng = np.random.default_rng(50)
-  grid = lambda: oracle.integer_grid(rng, 50)
-  with_singleton = rng.integers(0, 3, size=50).astype(np.int32)
-  with_singleton[7] = 99  # An anchor without positives among anchors with some.
-  return [
-      ("4_classes", rng.integers(0, 4, size=50).astype(np.int32), grid()),
-      ("2_classes", rng.integers(0, 2, size=50).astype(np.int32), grid()),
-      ("singleton_class", with_singleton, grid()),
-      ("one_class", np.zeros(50, np.int32), grid()),              # No negatives: negative 0.
-      ("all_distinct", np.arange(50, dtype=np.int32), grid()),    # No positive pair.
-  ]
-
-
-@pytest.mark.parametrize("metric", ["l2", "squared_l2"])
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("variant", ["semihard", "batch_all"])
-def test_blocks_with_padding_and_threads_match_reference_and_oracle(variant, backend, metric,
-                                                                    host_slices, monkeypatch):
-  # 16 anchor rows per block: blocks 0-2 are full, block 3 holds rows 48, 49 and 14 padding
-  # rows (anchor_index -1). Every host block of 2+ rows is split over the threads.
-  monkeypatch.setattr(blocks, "BLOCK_ENTRIES", 50 * 16)
-  monkeypatch.setattr(host_mining, "_PARALLEL_MIN_ENTRIES", 1)
-  step = value_and_grad(variant, backend, metric)
-  batches = _small_batches()
-  for name, labels, embeddings in batches:
-    for margin in MARGINS:
-      result = step(embeddings, labels, np.float32(margin))
-      oracle.assert_matches(variant, result, labels, embeddings, margin, metric,
-                     f"{variant} {backend} {metric} {name} margin={margin}")
-  on_threads = variant == "semihard" and backend == "numpy"
-  per_call = [6, 5, 5] * 3 + [1, 1]  # np.array_split of 16 rows in 3, then of the 2 real rows.
-  assert host_slices == (per_call * len(batches) * len(MARGINS) if on_threads else [])
 
 
 # ----------------------------------------------------------------------------------------------
