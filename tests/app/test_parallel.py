@@ -4,14 +4,26 @@ This process has one device; `tests/test_losses_sharded.py` and `tests/app/test_
 run on several (subprocesses).
 """
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from tests.app.runs import tiny_config
 from tripletjax.app import models
 from tripletjax.app import parallel
 from tripletjax.app.config import checks
+
+
+def test_mesh_spans_every_device_on_the_data_axis():
+  mesh = parallel.make_mesh()
+  assert mesh.axis_names == (parallel.DATA_AXIS,) == ("data",)
+  assert list(mesh.devices.flat) == jax.devices()
+  replicated = parallel.replicated(mesh)
+  assert replicated.spec == P() and replicated.mesh == mesh
+  state = jax.device_put(np.arange(6.0), replicated)
+  assert state.sharding.is_fully_replicated
 
 
 def test_shard_batch_places_the_global_batch():
@@ -34,6 +46,14 @@ def test_shard_batch_places_the_global_batch():
       np.testing.assert_array_equal(np.asarray(shard.data), local[shard.index])
 
 
+def test_shard_batch_needs_a_batch_divisible_by_the_device_count(monkeypatch):
+  mesh = parallel.make_mesh()
+  monkeypatch.setattr(jax, "device_count", lambda: 3)
+  with pytest.raises(ValueError, match=r"batch size 8 must be divisible by the number of "
+                     r"devices \(3\)"):
+    parallel.shard_batch(mesh, np.zeros((8, 2), np.float32))
+
+
 def test_apply_in_chunks_matches_one_pass():
   # The model on K chunks of the batch, outputs back in row order: the same as one pass.
   model = models.create_model("hsu_cnn", input_shape=(8, 8, 1), embedding_dim=8,
@@ -47,3 +67,35 @@ def test_apply_in_chunks_matches_one_pass():
     np.testing.assert_allclose(np.asarray(chunked.norms), np.asarray(whole.norms), rtol=1e-5)
   with pytest.raises(ValueError, match="forward_chunks"):
     checks.check_config(tiny_config(**{"model.forward_chunks": 5}))  # 64 % 5 != 0
+
+
+@pytest.mark.parametrize("num_devices, num_chunks", [(1, 3), (2, 2), (4, 2), (2, 3)])
+def test_each_chunk_takes_a_slice_of_every_device_rows(monkeypatch, num_devices, num_chunks):
+  # The layout on `num_devices` devices: device d holds rows [d * B/D, (d + 1) * B/D), and
+  # chunk c must take the c-th slice of each device's rows (no row changes device), with the
+  # outputs put back in row order. Only the device count matters to the arithmetic.
+  monkeypatch.setattr(jax, "device_count", lambda: num_devices)
+  batch = 24
+  rows_per_slice = batch // (num_devices * num_chunks)
+  images = np.arange(batch, dtype=np.float32).reshape(batch, 1, 1, 1)
+  chunks = []
+
+  def model(chunk):
+    chunks.append(np.asarray(chunk).reshape(-1))
+    return {"rows": chunk.reshape(-1), "twice": 2 * chunk}
+
+  outputs = parallel.apply_in_chunks(model, images, num_chunks)
+  assert len(chunks) == num_chunks
+  for chunk, rows in enumerate(chunks):
+    expected = [device * (batch // num_devices) + chunk * rows_per_slice + offset
+                for device in range(num_devices) for offset in range(rows_per_slice)]
+    np.testing.assert_array_equal(rows, expected, err_msg=f"chunk {chunk}")
+  np.testing.assert_array_equal(outputs["rows"], np.arange(batch))
+  np.testing.assert_array_equal(outputs["twice"], 2 * images)
+
+
+def test_one_chunk_is_one_call():
+  calls = []
+  images = np.zeros((4, 2, 2, 1), np.float32)
+  assert parallel.apply_in_chunks(lambda x: calls.append(x) or "out", images, 1) == "out"
+  assert len(calls) == 1 and calls[0] is images
