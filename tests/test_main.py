@@ -46,36 +46,39 @@ def test_unknown_dataset_name(tmp_path):
   assert hint == "hint: did you mean 'mnist'?"
 
 
+@pytest.fixture
+def mnist_files(tmp_path):
+  """A folder holding the four MNIST IDX files (uncompressed; 20 and 10 small images)."""
+  data = tmp_path / "mnist"
+  data.mkdir()
+  write_idx_dataset(data, compress=(False,) * 4, num_train=20, num_test=10)
+  return data
+
+
+def run_on_mnist_files(data, tmp_path):
+  """`python -m tripletjax.main` on configs/mnist.py with the IDX files of the folder `data`."""
+  return run_main("--config=configs/mnist.py", f"--config.data.data_dir={data}",
+                  f"--workdir={tmp_path / 'run'}")
+
+
 def test_missing_data_dir(tmp_path):
-  line, _ = user_error_lines(run_main(
-      "--config=configs/mnist.py", f"--config.data.data_dir={tmp_path / 'absent'}",
-      f"--workdir={tmp_path / 'run'}"))
+  line, _ = user_error_lines(run_on_mnist_files(tmp_path / "absent", tmp_path))
   assert line.startswith(f"error: mnist: data_dir {tmp_path / 'absent'} is not a folder")
 
 
-def test_bad_idx_file(tmp_path):
-  data = tmp_path / "mnist"
-  data.mkdir()
-  write_idx_dataset(data, compress=(False,) * 4, num_train=20, num_test=10)
-  labels = data / "t10k-labels-idx1-ubyte"
+def test_bad_idx_file(tmp_path, mnist_files):
+  labels = mnist_files / "t10k-labels-idx1-ubyte"
   labels.write_bytes(b"\x00\x00\x08\x03" + labels.read_bytes()[4:])  # 3 dimensions, not 1.
-  line, _ = user_error_lines(run_main("--config=configs/mnist.py",
-                                      f"--config.data.data_dir={data}",
-                                      f"--workdir={tmp_path / 'run'}"))
+  line, _ = user_error_lines(run_on_mnist_files(mnist_files, tmp_path))
   assert line.startswith(f"error: {labels}: not an IDX file (inconsistent header")
 
 
-def test_truncated_gzip_idx_file(tmp_path):
-  data = tmp_path / "mnist"
-  data.mkdir()
-  write_idx_dataset(data, compress=(False,) * 4, num_train=20, num_test=10)
-  images = data / "train-images-idx3-ubyte"
+def test_truncated_gzip_idx_file(tmp_path, mnist_files):
+  images = mnist_files / "train-images-idx3-ubyte"
   compressed = gzip.compress(images.read_bytes())
   images.unlink()
-  (data / "train-images-idx3-ubyte.gz").write_bytes(compressed[:len(compressed) // 2])
-  line, _ = user_error_lines(run_main("--config=configs/mnist.py",
-                                      f"--config.data.data_dir={data}",
-                                      f"--workdir={tmp_path / 'run'}"))
+  (mnist_files / "train-images-idx3-ubyte.gz").write_bytes(compressed[:len(compressed) // 2])
+  line, _ = user_error_lines(run_on_mnist_files(mnist_files, tmp_path))
   assert "train-images-idx3-ubyte.gz: corrupt or truncated gzip file" in line
 
 

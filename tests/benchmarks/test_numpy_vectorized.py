@@ -23,12 +23,7 @@ from tripletjax import reference
 
 LOSS_NAMES = ("semihard", "hard", "batch_all", "contrastive")
 
-REFERENCE_LOSSES = {
-    "semihard": reference.triplet_semihard_loss,
-    "hard": reference.triplet_hard_loss,
-    "batch_all": reference.batch_all_triplet_loss,
-    "contrastive": reference.contrastive_loss,
-}
+REFERENCE_LOSSES = reference.MINED_LOSSES
 
 
 def _batch(batch_size: int, num_classes: int, dim: int = 6, seed: int = 0):
@@ -38,20 +33,10 @@ def _batch(batch_size: int, num_classes: int, dim: int = 6, seed: int = 0):
   return labels, embeddings
 
 
-def _reference_gradient(loss_name: str, labels, embeddings, margin: float,
-                        step: float = 1e-5) -> np.ndarray:
-  """Central finite differences of the float64 reference loss."""
-  loss_fn = REFERENCE_LOSSES[loss_name]
-  point = embeddings.astype(np.float64)
-  gradient = np.zeros_like(point)
-  for index in np.ndindex(point.shape):
-    shifted = point.copy()
-    shifted[index] += step
-    above = loss_fn(labels, shifted, margin)
-    shifted[index] -= 2 * step
-    below = loss_fn(labels, shifted, margin)
-    gradient[index] = (above - below) / (2 * step)
-  return gradient
+def _reference_gradient(loss_fn, labels, embeddings, margin: float, **options) -> np.ndarray:
+  """Central finite differences of the float64 reference loss `loss_fn`."""
+  return oracle.central_differences(lambda x: loss_fn(labels, x, margin, **options),
+                                    embeddings, step=1e-5)
 
 
 # (batch size, classes, margin, seed): mixed batches, one class (no negatives), all classes
@@ -78,7 +63,7 @@ def test_gradients_match_finite_differences_of_reference(loss_name, batch_size, 
                                                         margin, seed):
   labels, embeddings = _batch(batch_size, num_classes, dim=4, seed=seed)
   _, gradient = numpy_vectorized.FORWARD_AND_BACKWARD[loss_name](labels, embeddings, margin)
-  expected = _reference_gradient(loss_name, labels, embeddings, margin)
+  expected = _reference_gradient(REFERENCE_LOSSES[loss_name], labels, embeddings, margin)
   np.testing.assert_allclose(gradient, expected, rtol=1e-3, atol=2e-5)
 
 
@@ -90,14 +75,8 @@ def test_hard_soft_matches_reference(soft):
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
   np.testing.assert_allclose(
       numpy_vectorized.triplet_hard_loss(labels, embeddings, 0.5, soft=soft), expected, rtol=1e-5)
-  step, finite_differences = 1e-5, np.zeros(embeddings.shape)
-  for index in np.ndindex(embeddings.shape):
-    shifted = embeddings.astype(np.float64)
-    shifted[index] += step
-    above = reference.triplet_hard_loss(labels, shifted, 0.5, soft=soft)
-    shifted[index] -= 2 * step
-    below = reference.triplet_hard_loss(labels, shifted, 0.5, soft=soft)
-    finite_differences[index] = (above - below) / (2 * step)
+  finite_differences = _reference_gradient(reference.triplet_hard_loss, labels, embeddings, 0.5,
+                                          soft=soft)
   np.testing.assert_allclose(gradient, finite_differences, rtol=1e-3, atol=2e-5)
 
 
@@ -142,19 +121,12 @@ def test_no_positive_pair_gives_zero_loss_and_gradient():
     assert numpy_vectorized.FORWARD[loss_name](labels, embeddings, 1.0) == 0.0
 
 
-_JAX_LOSSES = {
-    "semihard": losses.triplet_semihard_loss,
-    "hard": losses.triplet_hard_loss,
-    "batch_all": losses.batch_all_triplet_loss,
-    "contrastive": losses.contrastive_loss,
-}
-
-
 @pytest.mark.parametrize("loss_name", LOSS_NAMES)
 def test_matches_jax_losses_on_a_larger_batch(loss_name):
   labels, embeddings = _batch(160, 10, dim=16, seed=9)
   jax_loss, jax_gradient = jax.jit(jax.value_and_grad(
-      lambda x: _JAX_LOSSES[loss_name](jnp.asarray(labels), x, 1.0)))(jnp.asarray(embeddings))
+      lambda x: losses.MINED_LOSSES[loss_name](jnp.asarray(labels), x, margin=1.0)))(
+          jnp.asarray(embeddings))
   loss, gradient = numpy_vectorized.FORWARD_AND_BACKWARD[loss_name](labels, embeddings, 1.0)
   np.testing.assert_allclose(loss, float(jax_loss), rtol=1e-5)
   np.testing.assert_allclose(gradient, np.asarray(jax_gradient), rtol=1e-3, atol=1e-6)
