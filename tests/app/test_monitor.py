@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tiny_configs import tiny_config
+from tests.app.runs import tiny_config
 from tripletjax.app import monitor as monitor_lib
 from tripletjax.app import train
 from tripletjax.app.config import defaults

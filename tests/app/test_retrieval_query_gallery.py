@@ -7,7 +7,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from conftest import skip_unless_ci
+from tests.conftest import skip_unless_ci
 from tripletjax.app import errors
 from tripletjax.app import faiss_index
 from tripletjax.app import retrieval

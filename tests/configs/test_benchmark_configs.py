@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import image_folders
+from tests.app.data import image_folders
 from tripletjax.app import models
 from tripletjax.app import train
 from tripletjax.app.config import checks

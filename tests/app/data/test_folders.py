@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-import image_folders
+from tests.app.data import image_folders
 from tripletjax.app import errors
 from tripletjax.app.data import datasets
 from tripletjax.app.data import folders

@@ -3,26 +3,20 @@ memory a folder larger than its batches takes."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 import warnings
 
 import numpy as np
 import pytest
 
-import image_folders
+from tests.app.data import image_folders
+from tests.subprocesses import run_python
 from tripletjax.app import errors
 from tripletjax.app.config import defaults
 from tripletjax.app.data import datasets
 from tripletjax.app.data import images
 from tripletjax.app.data import pipeline
 from tripletjax.app.data import samplers
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))))
-
 
 def data_config(**changes):
   config = defaults.get_config().data
@@ -200,8 +194,8 @@ def test_streaming_a_folder_keeps_memory_to_a_few_batches(tmp_path):
   count, size = 3000, 128
   for label in range(10):
     (tmp_path / str(label)).mkdir()
-  result = subprocess.run([sys.executable, "-c", STREAM_SCRIPT, str(tmp_path), str(count),
-                           str(size)], capture_output=True, text=True, cwd=REPO, check=True)
+  result = run_python("-c", STREAM_SCRIPT, str(tmp_path), str(count), str(size))
+  assert result.returncode == 0, result.stderr[-3000:]
   seen, before, after = map(int, result.stdout.split())
   whole = count * size * size * 3 * 4
   assert seen >= count - 32  # Every training batch (the last partial one dropped) and test image.

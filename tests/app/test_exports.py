@@ -1,9 +1,8 @@
-"""Projector files, plots, report and metrics log reading."""
+"""Projector files, plots (with the data they show) and the report."""
 
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 
@@ -12,7 +11,6 @@ import pytest
 from PIL import Image
 
 from tripletjax.app import exports
-from tripletjax.app import metric_logging
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -266,24 +264,15 @@ def test_write_report(tmp_path):
   assert "Seed 0." in report
 
 
-def test_read_metrics_jsonl_tolerates_truncated_last_line(tmp_path):
-  path = tmp_path / "metrics.jsonl"
-  records = [{"step": i, "loss": 1.0 / (i + 1)} for i in range(3)]
-  text = "".join(json.dumps(record) + "\n" for record in records)
-  path.write_text(text + '{"step": 3, "lo')  # the run was killed mid-write
-  with pytest.warns(UserWarning, match="truncated"):
-    assert metric_logging.read_metrics_jsonl(path) == records
-  path.write_text(text + "\n")  # complete file, trailing blank line
-  assert metric_logging.read_metrics_jsonl(path) == records
-  path.write_text(text.rstrip("\n"))  # complete last line without its newline
-  assert metric_logging.read_metrics_jsonl(path) == records
-
-
-def test_read_metrics_jsonl_rejects_corruption_before_the_end(tmp_path):
-  path = tmp_path / "metrics.jsonl"
-  path.write_text('{"step": 0}\n{"step": 1\n{"step": 2}\n')
-  with pytest.raises(ValueError, match="line 2"):
-    metric_logging.read_metrics_jsonl(path)
-  path.write_text('{"step": 0}\n[1, 2]\n')
-  with pytest.raises(ValueError, match="JSON object"):
-    metric_logging.read_metrics_jsonl(path)
+def test_eval_history_plots_validation_curves(tmp_path):
+  records = [{"step": 10 * i, "precision_at_1": 0.1 * i, "map_at_r": 0.05 * i,
+              "validation_precision_at_1": 0.2 * i, "validation_map_at_r": 0.15 * i}
+             for i in range(1, 4)]
+  data = plot_data(exports.plot_eval_history(records, tmp_path / "eval.png"))
+  panel = "retrieval metrics during training"
+  assert set(data) == {(panel, "precision@1"), (panel, "MAP@R"),
+                       (panel, "validation precision@1"), (panel, "validation MAP@R")}
+  np.testing.assert_allclose(data[panel, "validation precision@1"],
+                             [[10, 0.2], [20, 0.4], [30, 0.6]])
+  np.testing.assert_allclose(data[panel, "validation MAP@R"],
+                             [[10, 0.15], [20, 0.3], [30, 0.45]])
