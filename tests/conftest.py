@@ -44,3 +44,27 @@ def tfds():
     skip_unless_ci(f"tensorflow_datasets cannot be imported ({error}); "
                    "pip install tensorflow-datasets")
   return tensorflow_datasets
+
+
+@pytest.fixture(scope="session")
+def torchvision():
+  """The torchvision module (the `torch` extra: pip install 'tripletjax[torch]')."""
+  try:
+    import torchvision as module  # pylint: disable=import-outside-toplevel
+  except ImportError as error:
+    skip_unless_ci(f"torchvision cannot be imported ({error}); pip install 'tripletjax[torch]'")
+  return module
+
+
+@pytest.fixture(scope="session")
+def keras():
+  """Keras 3 on its JAX backend (the `keras` extra; no TensorFlow needed)."""
+  os.environ.setdefault("KERAS_BACKEND", "jax")
+  try:
+    import keras as module  # pylint: disable=import-outside-toplevel
+  except ImportError as error:
+    skip_unless_ci(f"keras cannot be imported ({error}); pip install 'tripletjax[keras]'")
+  if module.backend.backend() != "jax":
+    pytest.fail(f"keras was imported with the {module.backend.backend()!r} backend; these tests "
+                "need KERAS_BACKEND=jax", pytrace=False)
+  return module
