@@ -407,16 +407,27 @@ class ResNet(nnx.Module):
     return normalize_embeddings(x)
 
 
+# The named ResNets: (stage sizes, block).
+ARCHITECTURES = {
+    "resnet18": ((2, 2, 2, 2), "basic"),
+    "resnet34": ((3, 4, 6, 3), "basic"),
+    "resnet50": ((3, 4, 6, 3), "bottleneck"),
+}
+
+
 def resnet18(**kwargs) -> ResNet:
   """ResNet-18: basic blocks, stages (2, 2, 2, 2). Takes `ResNet`'s other arguments."""
-  return ResNet(stage_sizes=(2, 2, 2, 2), block="basic", **kwargs)
+  stage_sizes, block = ARCHITECTURES["resnet18"]
+  return ResNet(stage_sizes=stage_sizes, block=block, **kwargs)
 
 
 def resnet34(**kwargs) -> ResNet:
   """ResNet-34: basic blocks, stages (3, 4, 6, 3). Takes `ResNet`'s other arguments."""
-  return ResNet(stage_sizes=(3, 4, 6, 3), block="basic", **kwargs)
+  stage_sizes, block = ARCHITECTURES["resnet34"]
+  return ResNet(stage_sizes=stage_sizes, block=block, **kwargs)
 
 
 def resnet50(**kwargs) -> ResNet:
   """ResNet-50: bottleneck blocks, stages (3, 4, 6, 3). Takes `ResNet`'s other arguments."""
-  return ResNet(stage_sizes=(3, 4, 6, 3), block="bottleneck", **kwargs)
+  stage_sizes, block = ARCHITECTURES["resnet50"]
+  return ResNet(stage_sizes=stage_sizes, block=block, **kwargs)
