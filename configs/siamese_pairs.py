@@ -32,7 +32,7 @@ def get_config(preset: str = "demo"):
   config.model.head = "mlp"
   config.model.embedding_dim = 256
   config.optimizer.name = "adam"
-  config.num_epochs = 10
+  config.num_epochs = 6
   if preset == "resnet50":
     config.data.image_size = 224
     config.data.eval_resize = 224
@@ -43,7 +43,7 @@ def get_config(preset: str = "demo"):
     config.data.image_size = 32
     config.data.eval_resize = 32
     config.model.name = "resnet18"
-    config.model.width = 16
+    config.model.width = 8
     config.optimizer.learning_rate = 1e-3
   else:
     raise ValueError(f"Unknown preset {preset!r}; expected 'demo' or 'resnet50'.")

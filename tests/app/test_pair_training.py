@@ -1,0 +1,168 @@
+"""The pair (Siamese) workflow end to end, through the one training loop: a short run on a
+generated pair folder of real PNG/JPEG files beats chance and writes its exports; a run stopped
+mid-epoch resumes identically; unreadable images stop the run with their path or are skipped
+and counted; config mistakes are one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from tripletjax.app import errors
+from tripletjax.app import preemption
+from tripletjax.app import train
+from tripletjax.app.config import checks
+from tripletjax.app.config import defaults
+from tripletjax.app.data import pair_demo
+from tests.test_resume import assert_same_run, count_train_steps, stop_after
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NUM_PAIRS = 240
+
+
+@pytest.fixture(scope="module")
+def pair_folder(tmp_path_factory) -> str:
+  """Two "photos" (a JPEG and a PNG, of several sizes) of each of 240 scikit-learn digits."""
+  return pair_demo.build_pair_demo(str(tmp_path_factory.mktemp("data") / "pairs"), "digits",
+                                   num_pairs=NUM_PAIRS, seed=0)
+
+
+def pair_config(folder: str, **overrides) -> ml_collections.ConfigDict:
+  config = defaults.get_config()
+  config.data.name = f"pairs:{folder}"
+  config.data.validation_fraction = 0.25
+  config.data.image_size = 16
+  config.data.eval_resize = 16
+  config.data.decode_workers = 2
+  config.loss.name = "triplet"
+  config.model.name = "tfa_cnn"
+  config.model.embedding_dim = 32
+  config.batch.batch_size = 16
+  config.optimizer.learning_rate = 2e-3
+  config.num_epochs = 3
+  config.log_every_steps = 4
+  config.quiet = True
+  for key, value in overrides.items():
+    section, _, name = key.rpartition(".")
+    target = config
+    for part in filter(None, section.split(".")):
+      target = target[part]
+    target[name] = value
+  return config
+
+
+@pytest.mark.slow
+def test_a_short_pair_run_beats_chance_and_writes_its_exports(pair_folder, tmp_path):
+  workdir = tmp_path / "run"
+  final = train.train_and_evaluate(pair_config(pair_folder), str(workdir))
+  saved = json.loads((workdir / "eval.json").read_text())
+  assert saved["num_validation_pairs"] == 60
+  # Chance is 0.5 (a random embedding puts the negative nearer half of the time).
+  assert saved["triplet_accuracy"] >= 0.75, saved
+  assert saved["positive_similarity"] > saved["negative_similarity"] + 0.1
+  assert set(saved["recall_at_k"]) == {"1", "5", "10"}
+  # Retrieval of the right image among 60 beats chance (1/60 at k = 1, 1/6 at k = 10).
+  assert saved["recall_at_k"]["10"] > 0.3
+  assert final["triplet_accuracy"] == saved["triplet_accuracy"]
+  for name in ["report.md", "metrics.jsonl", "eval.jsonl", "projector/vecs.tsv",
+               "projector/meta.tsv", "projector/sprite.png", "plots/retrieval_examples.png",
+               "plots/retrieval_examples.csv", "plots/training_curves.png",
+               "plots/eval_history.png"]:
+    assert (workdir / name).exists(), name
+  assert len((workdir / "projector" / "vecs.tsv").read_text().splitlines()) == 120
+  # The retrieval picture's data: 6 queries x 5 ranks, a 1 where the match was retrieved.
+  rows = (workdir / "plots" / "retrieval_examples.csv").read_text().splitlines()[1:]
+  assert len(rows) == 30 and {row.split(",")[3] for row in rows} <= {"0", "1"}
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert {"loss", "triplet_accuracy", "fraction_active"} <= set(records[0])
+  assert "retrieval_examples" in (workdir / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_pair_run_stopped_mid_epoch_resumes_identically(pair_folder, tmp_path, monkeypatch):
+  config = pair_config(pair_folder, num_epochs=2, **{"data.augment": "crop_flip",
+                                                     "data.max_train": 96})
+  steps_per_epoch = 96 // 16
+  train.train_and_evaluate(config, str(tmp_path / "full"))
+  stop_after(monkeypatch, steps_per_epoch + 3)  # Inside the second epoch.
+  with pytest.raises(preemption.Interrupted):
+    train.train_and_evaluate(config, str(tmp_path / "stopped"))
+  monkeypatch.undo()
+  executed = count_train_steps(monkeypatch)
+  train.train_and_evaluate(config, str(tmp_path / "stopped"))
+  assert len(executed) == steps_per_epoch - 3
+  assert_same_run(tmp_path / "full", tmp_path / "stopped")
+
+
+def _folder_with_unreadable_images(pair_folder, tmp_path) -> str:
+  folder = str(tmp_path / "pairs")
+  shutil.copytree(pair_folder, folder)
+  names = sorted(os.listdir(os.path.join(folder, "right")))
+  with open(os.path.join(folder, "right", names[3]), "r+b") as f:
+    f.truncate(60)  # A truncated PNG.
+  with open(os.path.join(folder, "left", names[7].replace(".png", ".jpg")), "wb") as f:
+    f.write(b"not a JPEG at all")
+  return folder
+
+
+@pytest.mark.slow
+def test_unreadable_images_are_skipped_and_counted(pair_folder, tmp_path):
+  folder = _folder_with_unreadable_images(pair_folder, tmp_path)
+  config = pair_config(folder, num_epochs=1, **{"data.unreadable": "skip",
+                                                "data.max_train": 96})
+  with pytest.warns(UserWarning, match="skipping unreadable image"):
+    final = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert final["unreadable_images"] == 2
+  # Each unreadable image is in its pair's triplet and, as a negative, maybe in others.
+  assert final["replaced_triplets"] >= 1
+  assert 2 <= final["num_validation_pairs"] <= 60
+
+
+def test_an_unreadable_image_stops_the_cli_with_its_path(pair_folder, tmp_path):
+  folder = _folder_with_unreadable_images(pair_folder, tmp_path)
+  config_file = tmp_path / "config.py"
+  config_file.write_text(
+      "import sys\n"
+      f"sys.path.insert(0, {REPO!r})\n"
+      "from tests.app.test_pair_training import pair_config\n"
+      f"def get_config():\n  return pair_config({folder!r}, num_epochs=1)\n")
+  command = [sys.executable, "-m", "tripletjax.main", f"--config={config_file}",
+             f"--workdir={tmp_path / 'run'}", "--cpu_devices=1"]
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr[-2000:]
+  lines = result.stderr.strip().splitlines()
+  assert lines[-2].startswith("error: ") and "cannot read this image" in lines[-2]
+  assert "pairs/" in lines[-2] and lines[-1].startswith("hint: ")
+  assert "Traceback" not in result.stderr
+
+
+def test_pair_config_mistakes_are_config_errors(pair_folder):
+  good = pair_config(pair_folder)
+  checks.check_config(good, num_devices=1)
+  cases = {
+      "loss.name": ("semihard", r"config.loss.name='semihard': must be one of 'triplet'"),
+      "data.validation_fraction": (0.0, r"validation_fraction=0.0"),
+      "data.augment": ("shift", r"must be one of 'crop', 'crop_flip', 'flip', 'none'"),
+      "data.unreadable": ("ignore", r"must be one of 'error', 'skip'"),
+      "data.name": ("pairs_demo:cifar", r"pairs_demo:digits"),
+      "model.freeze_before": ("stage4", r"model.freeze_before='stage4'"),
+      "model.weights": ("/nonexistent/resnet50.pth", r"load into ResNets .* not into 'tfa_cnn'"),
+  }
+  for key, (value, message) in cases.items():
+    config = pair_config(pair_folder, **{key: value})
+    with pytest.raises(errors.ConfigError, match=message):
+      checks.check_config(config, num_devices=1)
+  resnet = pair_config(pair_folder, **{"model.name": "resnet18", "model.freeze_before": "stage5"})
+  with pytest.raises(errors.ConfigError, match=r"freeze_before='stage5'.*'stage4.block2'") as bad:
+    checks.check_config(resnet, num_devices=1)
+  assert bad.value.hint.startswith("did you mean 'stage")
+  resnet = pair_config(pair_folder, **{"model.name": "resnet18",
+                                       "model.weights": "/nonexistent/resnet18.pth"})
+  with pytest.raises(errors.ConfigError, match=r"resnet18.pth'.*no such file"):
+    checks.check_config(resnet, num_devices=1)
