@@ -46,25 +46,34 @@ def tfds():
   return tensorflow_datasets
 
 
-@pytest.fixture(scope="session")
-def torchvision():
-  """The torchvision module (the `torch` extra: pip install 'tripletjax[torch]')."""
+def import_torchvision():
+  """The torchvision module (the `torch` extra); skips, or fails under CI, where it is missing."""
   try:
-    import torchvision as module  # pylint: disable=import-outside-toplevel
+    import torchvision  # pylint: disable=import-outside-toplevel
   except ImportError as error:
     skip_unless_ci(f"torchvision cannot be imported ({error}); pip install 'tripletjax[torch]'")
-  return module
+  return torchvision
 
 
-@pytest.fixture(scope="session")
-def keras():
-  """Keras 3 on its JAX backend (the `keras` extra; no TensorFlow needed)."""
+def import_keras():
+  """Keras 3 on its JAX backend (the `keras` extra; no TensorFlow needed); skips, or fails under
+  CI, where it is missing."""
   os.environ.setdefault("KERAS_BACKEND", "jax")
   try:
-    import keras as module  # pylint: disable=import-outside-toplevel
+    import keras  # pylint: disable=import-outside-toplevel
   except ImportError as error:
     skip_unless_ci(f"keras cannot be imported ({error}); pip install 'tripletjax[keras]'")
-  if module.backend.backend() != "jax":
-    pytest.fail(f"keras was imported with the {module.backend.backend()!r} backend; these tests "
+  if keras.backend.backend() != "jax":
+    pytest.fail(f"keras was imported with the {keras.backend.backend()!r} backend; these tests "
                 "need KERAS_BACKEND=jax", pytrace=False)
-  return module
+  return keras
+
+
+@pytest.fixture
+def torchvision():
+  return import_torchvision()
+
+
+@pytest.fixture
+def keras():
+  return import_keras()

@@ -54,3 +54,18 @@ def test_missing_tfds_fails_under_ci_and_skips_elsewhere(ci, monkeypatch, reques
   else:
     monkeypatch.delenv("CI", raising=False)
   assert_outcome(request, "tfds", ci, "pip install tensorflow-datasets")
+
+
+@pytest.mark.parametrize("ci", [True, False])
+@pytest.mark.parametrize("fixture, module, hint", [
+    ("torchvision", "torchvision", r"pip install 'tripletjax\[torch\]'"),
+    ("keras", "keras", r"pip install 'tripletjax\[keras\]'"),
+])
+def test_missing_weight_converters_fail_under_ci_and_skip_elsewhere(ci, fixture, module, hint,
+                                                                    monkeypatch, request):
+  monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError.
+  if ci:
+    monkeypatch.setenv("CI", "true")
+  else:
+    monkeypatch.delenv("CI", raising=False)
+  assert_outcome(request, fixture, ci, hint)

@@ -16,10 +16,12 @@ import pytest
 
 from tripletjax.app import errors
 from tripletjax.app import preemption
+from tripletjax.app import tasks
 from tripletjax.app import train
 from tripletjax.app.config import checks
 from tripletjax.app.config import defaults
 from tripletjax.app.data import pair_demo
+from tripletjax.app.data import pairs
 from tests.test_resume import assert_same_run, count_train_steps, stop_after
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -101,12 +103,17 @@ def test_a_pair_run_stopped_mid_epoch_resumes_identically(pair_folder, tmp_path,
 
 
 def _folder_with_unreadable_images(pair_folder, tmp_path) -> str:
+  """The pair folder with the right image of a validation pair truncated and the left image of
+  a training pair (one of the first 96) replaced by text."""
   folder = str(tmp_path / "pairs")
   shutil.copytree(pair_folder, folder)
+  train_pairs, validation_pairs = pairs.split_pairs(NUM_PAIRS, 0.25, seed=0)
+  train_pairs = tasks._subsample(train_pairs, 96, seed=0)
   names = sorted(os.listdir(os.path.join(folder, "right")))
-  with open(os.path.join(folder, "right", names[3]), "r+b") as f:
+  with open(os.path.join(folder, "right", names[validation_pairs[0]]), "r+b") as f:
     f.truncate(60)  # A truncated PNG.
-  with open(os.path.join(folder, "left", names[7].replace(".png", ".jpg")), "wb") as f:
+  left_name = names[train_pairs[0]].replace(".png", ".jpg")
+  with open(os.path.join(folder, "left", left_name), "wb") as f:
     f.write(b"not a JPEG at all")
   return folder
 
@@ -119,9 +126,10 @@ def test_unreadable_images_are_skipped_and_counted(pair_folder, tmp_path):
   with pytest.warns(UserWarning, match="skipping unreadable image"):
     final = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert final["unreadable_images"] == 2
-  # Each unreadable image is in its pair's triplet and, as a negative, maybe in others.
+  # The training image is its pair's anchor once per epoch (and maybe another's negative).
   assert final["replaced_triplets"] >= 1
-  assert 2 <= final["num_validation_pairs"] <= 60
+  # The validation image's triplet is left out (and those where it is the negative).
+  assert 2 <= final["num_validation_pairs"] <= 59
 
 
 def test_an_unreadable_image_stops_the_cli_with_its_path(pair_folder, tmp_path):

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import conftest
+
 from tripletjax.app import errors
 from tripletjax.app import models
 from tripletjax.app.models import weights
@@ -80,7 +82,8 @@ def _torch_input(torch, images: np.ndarray):
 
 
 @pytest.fixture(scope="module")
-def torchvision_resnet50(torchvision, tmp_path_factory):
+def torchvision_resnet50(tmp_path_factory):
+  torchvision = conftest.import_torchvision()
   import torch
   model = _torchvision_model(torchvision, "resnet50", seed=0)
   path = str(tmp_path_factory.mktemp("weights") / "resnet50.pth")
@@ -99,7 +102,7 @@ def test_torchvision_resnet50_features_equal_the_converted_models(torchvision_re
 
 
 def test_safetensors_file_converts_like_the_pth_file(torchvision_resnet50, tmp_path):
-  from safetensors.torch import save_file
+  from safetensors.torch import save_file  # torch is there: the fixture imported it.
   path, model, _ = torchvision_resnet50
   safetensors_path = str(tmp_path / "resnet50.safetensors")
   save_file({name: value.contiguous() for name, value in model.state_dict().items()},
@@ -135,9 +138,10 @@ def test_torchvision_resnet18_features_and_npz_conversion(torchvision, tmp_path,
 
 
 @pytest.fixture(scope="module")
-def keras_resnet50(keras, tmp_path_factory):
+def keras_resnet50(tmp_path_factory):
   """Keras' ResNet50 (random weights, random BatchNorm state and conv biases), saved as the
   legacy .h5 that keras.applications downloads and as a Keras 3 .keras file."""
+  keras = conftest.import_keras()
   import h5py
   from keras.src.legacy.saving import legacy_h5_format
   model = keras.applications.ResNet50(weights=None, include_top=False, pooling="avg",
