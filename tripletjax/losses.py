@@ -121,9 +121,9 @@ def triplet_semihard_loss(labels, embeddings, margin=1.0, metric: str = "l2",
     negative), `mean_positive_distance`, `mean_negative_distance`.
   """
   labels, dtype, embeddings, margin, finite = _prepare(labels, embeddings, margin, metric)
-  method = mining.resolve_backend(mining_backend, num_columns=labels.shape[0])
+  mining_backend = mining.resolve_backend(mining_backend, num_columns=labels.shape[0])
   sums = mining.sum_over_anchor_blocks(mining.semihard_sums, labels, embeddings, margin, metric,
-                                       method)
+                                       mining_backend)
   num_pairs = sums.num_positive_pairs
   loss = _safe_mean(sums.hinge_sum, num_pairs)
   stats = None
@@ -180,9 +180,9 @@ def batch_all_triplet_loss(labels, embeddings, margin=1.0, metric: str = "l2",
     `num_active_triplets`, `fraction_active` (active / valid).
   """
   labels, dtype, embeddings, margin, finite = _prepare(labels, embeddings, margin, metric)
-  method = mining.resolve_backend(mining_backend, num_columns=labels.shape[0])
+  mining_backend = mining.resolve_backend(mining_backend, num_columns=labels.shape[0])
   sums = mining.sum_over_anchor_blocks(mining.batch_all_sums, labels, embeddings, margin,
-                                       metric, method)
+                                       metric, mining_backend)
   num_active, num_valid = sums.num_active, sums.num_valid
   loss = _safe_mean(sums.hinge_sum, num_active)
   stats = None

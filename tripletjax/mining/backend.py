@@ -25,10 +25,11 @@ from tripletjax.mining import keys as keys_lib
 
 BACKENDS = ("auto", "numpy", "xla", "xla:rank_key", "xla:three_keys")
 
-# The resolved methods.
+# What `resolve_backend` returns: where the miners run and, in XLA, how rows are sorted.
 NUMPY = "numpy"
 RANK_KEY = "xla:rank_key"
 THREE_KEYS = "xla:three_keys"
+RESOLVED = (NUMPY, RANK_KEY, THREE_KEYS)
 
 
 def check_backend(mining_backend: str) -> str:
@@ -37,9 +38,20 @@ def check_backend(mining_backend: str) -> str:
   return mining_backend
 
 
+def check_resolved(mining_backend: str) -> str:
+  """Rejects a backend that `resolve_backend` would not return ("auto", "xla", typos)."""
+  if mining_backend not in RESOLVED:
+    raise ValueError(f"mining_backend {mining_backend!r} is not resolved; expected one of "
+                     f"{RESOLVED} (see resolve_backend).")
+  return mining_backend
+
+
 def resolve_backend(mining_backend: str = "auto", *, num_columns: int,
                     platform: str | None = None, num_devices: int | None = None) -> str:
-  """The method a sorting miner uses: `NUMPY`, `RANK_KEY` or `THREE_KEYS`.
+  """The backend a sorting miner uses: `NUMPY`, `RANK_KEY` or `THREE_KEYS` (`RESOLVED`).
+
+  Idempotent: a resolved backend resolves to itself (or to `THREE_KEYS` for rank keys on rows
+  too long for them).
 
   Args:
     mining_backend: one of `BACKENDS`, what the caller asked for.
