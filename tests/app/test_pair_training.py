@@ -174,3 +174,19 @@ def test_pair_config_mistakes_are_config_errors(pair_folder):
                                        "model.weights": "/nonexistent/resnet18.pth"})
   with pytest.raises(errors.ConfigError, match=r"resnet18.pth'.*no such file"):
     checks.check_config(resnet, num_devices=1)
+
+
+def test_the_siamese_config_and_its_resnet50_preset_pass_the_checks():
+  from tests.test_train import load_config_module
+  module = load_config_module("siamese_pairs")
+  assert "python -m tripletjax.main --config=configs/siamese_pairs.py" in module.__doc__
+  demo = module.get_config()
+  checks.check_config(demo, num_devices=2)
+  assert (demo.data.name, demo.loss.name, demo.loss.margin) == (
+      "pairs_demo:fashion_mnist", "triplet", 0.5)
+  seed = module.get_config("resnet50")
+  checks.check_config(seed, num_devices=2)
+  assert (seed.model.name, seed.data.image_size, seed.model.freeze_before, seed.model.head,
+          seed.optimizer.learning_rate) == ("resnet50", 224, "stage4.block2", "mlp", 1e-4)
+  with pytest.raises(ValueError, match="Unknown preset"):
+    module.get_config("resnet51")

@@ -140,6 +140,8 @@ def load_pairs(config: ml_collections.ConfigDict) -> pairs_lib.PairSet:
                                f"{', '.join(PAIRS_DEMO_PREFIX + s for s in PAIR_DEMO_SOURCES)}")
     folder = os.path.join(config.data.data_dir or DEFAULT_CACHE_DIR,
                           f"pairs_demo-{source}-seed{config.seed}")
+    if not os.path.exists(os.path.join(folder, pair_demo.DEMO_RECORD)):
+      print(f"Writing the demo pair folder {folder} (once).", flush=True)
     pair_demo.build_pair_demo(folder, source, PAIR_DEMO_SIZES[source], seed=config.seed)
     return pairs_lib.read_pair_folder(folder)
   return pairs_lib.read_pairs(name[len(PAIRS_PREFIX):])
