@@ -233,7 +233,9 @@ class PairTask:
   def evaluate(self, trainer, mesh, final: bool) -> tuple[dict, dict]:
     del final
     num_validation = len(self.validation)
-    embeddings = evaluation.embed(trainer, mesh, self._validation_images())
+    # Chunks of a training batch's size: large images must fit in memory as they do there.
+    embeddings = evaluation.embed(trainer, mesh, self._validation_images(),
+                                  batch_size=3 * self.config.batch.batch_size)
     # Image id -> row of `embeddings`: left images first, then right ones.
     row = {int(image): i for i, image in enumerate(np.concatenate(
         [self.validation[:, 0], self.validation[:, 1]]))}

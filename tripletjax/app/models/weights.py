@@ -368,12 +368,8 @@ def _block_index(model) -> dict[tuple[int, int], int]:
 
 
 def _describe(converted: dict[str, np.ndarray]) -> str:
-  """What backbone a converted file holds, e.g. "stages (3, 4, 6, 3), bottleneck, width 64"."""
-  stages = {}
-  for key in converted:
-    if match := re.match(r"blocks/\?(\d+)\.(\d+)/", key):  # Beyond the model's blocks.
-      stage, block = int(match.group(1)), int(match.group(2))
-      stages[stage] = max(stages.get(stage, 0), block)
+  """What backbone a converted file holds, e.g. "a 7x7 stem of 64 channels on 3 input
+  channel(s), bottleneck blocks"."""
   stem = converted.get("stem_conv/kernel")
   parts = []
   if stem is not None:
