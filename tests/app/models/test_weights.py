@@ -66,9 +66,8 @@ def _torchvision_model(torchvision, name: str, seed: int):
         module.bias.uniform_(-0.2, 0.2)
         module.momentum = None  # Cumulative averages over the passes below.
     model.train()
-    for _ in range(3):
-      model(_torch_input(torch, np.random.default_rng(seed + 100).random(
-          (4, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)))
+    model(_torch_input(torch, np.random.default_rng(seed + 100).random(
+        (4, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)))
   model.eval()
   model.fc = torch.nn.Identity()  # Its output is then the pooled features.
   return model
