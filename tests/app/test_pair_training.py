@@ -20,7 +20,7 @@ from tripletjax.app.config import checks
 from tripletjax.app.config import defaults
 from tripletjax.app.data import pair_demo
 from tripletjax.app.data import pairs
-from tests.test_resume import assert_same_run, count_train_steps, stop_after
+from tests.app.test_train_resume import assert_same_run, count_train_steps, stop_after
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_PAIRS = 240
@@ -180,7 +180,7 @@ def test_pair_config_mistakes_are_config_errors(pair_folder):
 
 
 def test_the_siamese_config_and_its_resnet50_preset_pass_the_checks():
-  from tests.test_train import load_config_module
+  from tests.app.runs import load_config_module
   module = load_config_module("siamese_pairs")
   assert "python -m tripletjax.main --config=configs/siamese_pairs.py" in module.__doc__
   demo = module.get_config()

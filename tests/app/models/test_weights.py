@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import conftest
+from tests import conftest
 
 from tripletjax.app import errors
 from tripletjax.app import models

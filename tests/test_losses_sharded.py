@@ -1,8 +1,8 @@
-"""Mining and training over a batch sharded across devices.
+"""The losses over a batch sharded across 4 devices.
 
 The number of (fake CPU) devices is fixed when JAX starts, so the sharded programs run in a
-subprocess (XLA_FLAGS=--xla_force_host_platform_device_count=N) that writes its results to a
-file; this process, with one device, checks them. Sharded programs mine with
+subprocess (`tests.subprocesses.run_on_devices`) that writes its results to a file; this
+process, with one device, checks them. Sharded programs mine with
 mining_backend="xla": a host callback (the "numpy" backend) inside a program sharded over
 several CPU devices deadlocks XLA:CPU.
 """
@@ -10,31 +10,13 @@ several CPU devices deadlocks XLA:CPU.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 
-import mining_oracle as oracle
+from tests.mining import oracle
+from tests.subprocesses import run_on_devices
 from tripletjax import reference
-from tripletjax.app import parallel
-from tripletjax.app import train_step
-from tripletjax.app.config import checks
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_on_devices(num_devices: int, script: str, *args: str) -> str:
-  """Runs `script` (python -c, from the repository root) on `num_devices` CPU devices."""
-  environment = dict(os.environ,
-                     XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}")
-  result = subprocess.run([sys.executable, "-c", textwrap.dedent(script), *args], cwd=REPO,
-                          env=environment, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return result.stdout
 
 
 SCRIPT = """
@@ -196,86 +178,3 @@ def test_xla_backend_on_4_devices_has_the_finite_difference_gradient(sharded_min
     expected = oracle.central_differences(reference_loss, embeddings.astype(np.float64))
     assert np.abs(expected).max() > 1e-2, "the batch should have active terms"
     np.testing.assert_allclose(gradient, expected, rtol=1e-3, atol=1e-5, err_msg=case["name"])
-
-
-# ----------------------------------------------------------------------------------------------
-# Train steps on 2 devices equal train steps on 1.
-
-
-def two_train_steps(loss_name: str, forward_chunks: int, dropout_rate: float) -> dict:
-  """Metrics and parameters after two train steps on digits, on all devices of this process.
-
-  Imports JAX when called, so a subprocess can set its device count first.
-  """
-  import jax
-  from flax import nnx
-  from tripletjax.app.data import datasets
-  from tripletjax.app.config import defaults
-  from tripletjax.app.data import samplers
-
-  config = defaults.get_config()
-  config.loss.name = loss_name
-  config.model.embedding_dim = 16
-  config.model.forward_chunks = forward_chunks
-  config.model.dropout_rate = dropout_rate
-  config.batch.batch_size = 64
-  checks.check_config(config)
-  dataset = datasets.load_dataset("digits", max_train=400, max_test=10, seed=0)
-  mesh = parallel.make_mesh()
-  trainer = train_step.build_trainer(config, dataset.train.images.shape[1:], 10, mesh)
-  results = {"devices": np.array(jax.device_count())}
-
-  def record_parameters(prefix):
-    parameters = nnx.to_pure_dict(nnx.state(trainer.model, nnx.Param))
-    for path, value in jax.tree_util.tree_flatten_with_path(parameters)[0]:
-      results[prefix + jax.tree_util.keystr(path)] = np.asarray(value)
-
-  record_parameters("initial")
-  batches = samplers.ShuffledBatches(dataset.train.labels, 64, seed=0).epoch(0)
-  for step, indices in zip(range(2), batches):
-    images, labels = parallel.shard_batch(mesh, dataset.train.images[indices],
-                                       dataset.train.labels[indices].astype(np.int32))
-    metrics = trainer.train_step(trainer.model, trainer.optimizer, images, labels)
-    results.update({f"step{step}/{key}": np.asarray(value) for key, value in metrics.items()})
-  record_parameters("params")
-  return results
-
-
-TRAIN_SCRIPT = """
-    import json, sys
-    import jax, numpy as np
-    sys.path.insert(0, "tests")
-    from test_sharding import two_train_steps
-
-    # As in this test session (conftest.py).
-    jax.config.update("jax_threefry_partitionable", False)
-    np.savez(sys.argv[2], **two_train_steps(*json.loads(sys.argv[1])))
-"""
-
-# Integer statistics of the train step's metrics, compared exactly.
-_COUNT_METRICS = ("num_positive_pairs", "num_fallback", "num_valid_triplets",
-                  "num_active_triplets")
-
-
-def test_train_steps_on_2_devices_equal_1_device(tmp_path):
-  # Two forward chunks: each holds a slice of every device's rows, so the layout differs from
-  # one device. No dropout: its masks are drawn per chunk, so they fall on other rows there.
-  options = ("semihard", 2, 0.0)
-  out = tmp_path / "two_devices.npz"
-  run_on_devices(2, TRAIN_SCRIPT, json.dumps(options), str(out))
-  sharded = dict(np.load(out))
-  single = two_train_steps(*options)  # This process: one device, the "numpy" backend.
-  assert int(single["devices"]) == 1 and int(sharded["devices"]) == 2
-  assert set(sharded) == set(single)
-  for key in sorted(set(single) - {"devices"}):
-    if key.endswith(_COUNT_METRICS):
-      assert float(sharded[key]) == float(single[key]), key
-    elif key.startswith(("initial", "params")):
-      np.testing.assert_allclose(sharded[key], single[key], rtol=1e-5, atol=1e-6, err_msg=key)
-    else:
-      np.testing.assert_allclose(sharded[key], single[key], rtol=1e-5, atol=1e-7, err_msg=key)
-  # Both steps ran and moved every parameter array: not a comparison of two initialisations.
-  assert {"step0/loss", "step1/loss"} <= set(single)
-  for key in single:
-    if key.startswith("params"):
-      assert np.abs(single[key] - single["initial" + key[len("params"):]]).max() > 1e-5, key
