@@ -34,11 +34,10 @@ def get_config():
   config.data.image_size = 224
   config.data.eval_resize = 256
   config.data.augment = "crop_flip"
-  config.data.normalize = "imagenet"
   config.model.name = "resnet50"
   config.model.embedding_dim = 128
-  # Pretrained weights: enable once config.model.weights exists (app/models/weights.py).
-  # config.model.weights = None
+  # --config.model.weights=FILE: the ImageNet-pretrained backbone (README, "Pretrained
+  # backbones"); its preprocessing (the ImageNet mean and std) comes with it.
   config.loss.name = "batch_all"
   config.loss.margin = 0.1190
   config.batch.sampler = "balanced"

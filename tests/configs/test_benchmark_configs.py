@@ -74,7 +74,7 @@ def test_benchmark_config_runs_end_to_end_on_a_generated_folder(name, tmp_path, 
   folder = LAYOUTS[name](str(tmp_path / "data"))
   config = load_config(name)
   protocol = {key: config.data[key] for key in ("class_split", "validation_fraction",
-                                                "augment", "normalize")}
+                                                "augment")}
   config.data.name = f"folder:{folder}"
   config.data.image_size, config.data.eval_resize = 32, 36
   config.model.name = "tfa_cnn"
@@ -109,7 +109,7 @@ def test_benchmark_config_runs_end_to_end_on_a_generated_folder(name, tmp_path, 
   else:
     assert saved["num_test_examples"] == {"cub200": 48, "cars196": 48, "sop": 12}[name]
   assert protocol["class_split"] == ("half" if name in ("cub200", "cars196") else "none")
-  assert protocol["augment"] == "crop_flip" and protocol["normalize"] == "imagenet"
+  assert protocol["augment"] == "crop_flip" and config.data.eval_resize == 36
   report = (tmp_path / "run" / "report.md").read_text()
   assert "Mining health" in report and "missing" not in report
   assert (tmp_path / "run" / "projector" / "sprite.png").exists()

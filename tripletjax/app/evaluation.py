@@ -26,13 +26,14 @@ VALIDATION_METRICS = ("precision_at_1", "r_precision", "map_at_r")
 
 
 def _padded_batch_size(trainer: Trainer, batch_size: int) -> int:
+  """`batch_size` rounded up to a multiple of devices x forward chunks."""
   multiple = jax.device_count() * trainer.forward_chunks
   return -(-batch_size // multiple) * multiple
 
 
-def embed(trainer: Trainer, mesh, chunks: Iterable[np.ndarray], batch_size: int) -> np.ndarray:
-  """[N, E] embeddings of the image chunks in evaluation mode (dropout off, BatchNorm
-  statistics).
+def embed_chunks(trainer: Trainer, mesh, chunks: Iterable[np.ndarray],
+                 batch_size: int) -> np.ndarray:
+  """[N, E] embeddings of image chunks in evaluation mode (dropout off, BatchNorm statistics).
 
   Args:
     chunks: float32 [<= batch_size, H, W, C] arrays, in order.
@@ -49,10 +50,23 @@ def embed(trainer: Trainer, mesh, chunks: Iterable[np.ndarray], batch_size: int)
   return np.concatenate(outputs)
 
 
-def embed_split(trainer: Trainer, mesh, pipeline, images, batch_size: int = 1024) -> np.ndarray:
-  """[N, E] embeddings of a split's images (an array or `images.ImageFiles`)."""
+def embed(trainer: Trainer, mesh, images, batch_size: int = 1024) -> np.ndarray:
+  """[N, E] embeddings of `images` (an array, or `images.ImageFiles` decoded chunk by chunk)
+  in evaluation mode.
+
+  Every chunk is padded to `batch_size` (rounded up to a multiple of devices x forward chunks,
+  so one compilation serves every chunk) and sharded over the mesh like a training batch.
+  """
   batch_size = _padded_batch_size(trainer, batch_size)
-  return embed(trainer, mesh, pipeline.eval_chunks(images, batch_size), batch_size)
+  chunks = (images[start:start + batch_size] for start in range(0, len(images), batch_size))
+  return embed_chunks(trainer, mesh, chunks, batch_size)
+
+
+def embed_split(trainer: Trainer, mesh, pipeline, images, batch_size: int = 1024) -> np.ndarray:
+  """[N, E] embeddings of a split's images (an array or `images.ImageFiles`), through the
+  pipeline (image files decoded a few chunks ahead)."""
+  batch_size = _padded_batch_size(trainer, batch_size)
+  return embed_chunks(trainer, mesh, pipeline.eval_chunks(images, batch_size), batch_size)
 
 
 def _readable(split) -> np.ndarray:

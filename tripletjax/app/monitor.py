@@ -69,7 +69,7 @@ def collapsed_loss(loss_name: str, margin: float, soft: bool, record: dict) -> f
   """The loss when every embedding is the same point (all distances 0), or None if unknown."""
   if loss_name == "hard":
     return math.log(2.0) if soft else margin
-  if loss_name in ("semihard", "batch_all"):
+  if loss_name in ("semihard", "batch_all", "triplet"):
     return margin
   if loss_name == "contrastive":
     positive, negative = record.get("num_positive_pairs"), record.get("num_negative_pairs")
@@ -81,7 +81,7 @@ def collapsed_loss(loss_name: str, margin: float, soft: bool, record: dict) -> f
 
 def collapsed_fraction_active(loss_name: str, record: dict) -> float | None:
   """The fraction of active triplets (pairs) when every embedding is the same point."""
-  if loss_name in ("semihard", "hard", "batch_all"):
+  if loss_name in ("semihard", "hard", "batch_all", "triplet"):
     return 1.0
   if loss_name == "contrastive":
     positive, negative = record.get("num_positive_pairs"), record.get("num_negative_pairs")
@@ -168,7 +168,8 @@ class MiningMonitor:
       if self.loss_name == "hard":
         suggestions.append("semi-hard instead of hard mining (--config.loss.name=semihard)")
       suggestions.append(f"a smaller margin (--config.loss.margin={self.margin / 2:g})")
-      suggestions.append(self._more_classes())
+      if self.loss_name != "triplet":  # Pair triplets have no classes to choose.
+        suggestions.append(self._more_classes())
       message = (f"the embeddings are collapsing to one point: for {self.patience_steps}+ steps "
                  "they have stayed close together with every triplet active; the loss tends to "
                  f"{target:.4g}, its value when they coincide ({seen}).")

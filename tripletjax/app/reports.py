@@ -53,9 +53,39 @@ def write_exports(workdir, config, dataset, test_embeddings, final_metrics,
   for prefix in ("pca_2d_", "pca_3d_"):  # The last evaluation's PCA plots.
     latest = sorted(f for f in os.listdir(plots) if f.startswith(prefix))[-1:]
     figures += [os.path.join(plots, f) for f in latest]
-  # Lists (the warnings, the unreadable files) are in eval.json; the notes tell of them.
-  table = {key: value for key, value in final_metrics.items()
-           if not isinstance(value, (list, tuple)) and not (
-               isinstance(value, dict) and key != "recall_at_k")}
-  exports.write_report(workdir, config_text=str(config), eval_metrics=table,
+  exports.write_report(workdir, config_text=str(config), eval_metrics=_report_table(final_metrics),
                        figures=figures, runs=list(runs), notes=notes)
+
+
+def _report_table(final_metrics: dict) -> dict:
+  """The metrics of the report's table: lists (the mining-health warnings, the unreadable
+  files) stay in eval.json, the notes above the table tell of them."""
+  return {key: value for key, value in final_metrics.items()
+          if not isinstance(value, (list, tuple))
+          and not (isinstance(value, dict) and key != "recall_at_k")}
+
+
+# The evaluation curves of the pair workflow (`pair_evaluation`).
+PAIR_EVAL_CURVES = (("triplet_accuracy", "triplet accuracy"),
+                    ("positive_similarity", "cosine similarity anchor-positive"),
+                    ("negative_similarity", "cosine similarity anchor-negative"),
+                    ("recall_at_k/1", "recall@1"), ("recall_at_k/5", "recall@5"))
+
+
+def write_pair_exports(workdir, config, final_metrics, figures, notes: str = "") -> None:
+  """Training curves, evaluation history and the report of a pair run; `figures` (e.g. the
+  retrieval picture) come first in the report, `notes` under its title."""
+  runs = {}
+  parent = os.path.dirname(os.path.abspath(workdir))
+  for name in sorted(os.listdir(parent)):
+    path = os.path.join(parent, name, "metrics.jsonl")
+    if _same_dataset(os.path.join(parent, name), config.data.name) and os.path.exists(path):
+      if records := metric_logging.read_metrics_jsonl(path):
+        runs[name] = records
+  plots = os.path.abspath(os.path.join(workdir, "plots"))
+  curves = [os.path.join(plots, "training_curves.png"), os.path.join(plots, "eval_history.png")]
+  exports.plot_training_curves(runs, curves[0])
+  exports.plot_eval_history(metric_logging.read_metrics_jsonl(os.path.join(workdir, "eval.jsonl")),
+                            curves[1], curves=PAIR_EVAL_CURVES)
+  exports.write_report(workdir, config_text=str(config), eval_metrics=_report_table(final_metrics),
+                       figures=list(figures) + curves, runs=list(runs), notes=notes)

@@ -1,12 +1,12 @@
 """The training loop: `train_and_evaluate(config, workdir)` trains, evaluates and exports.
 
-A batch goes `data.datasets` (images on the host, or image files) -> `data.samplers` (indices
-of a global batch, deterministic given seed and epoch) -> `data.pipeline` (the rows, or the
-files decoded in worker threads, augmented deterministically) -> `parallel.shard_batch` (each
-process puts its rows on its devices) -> `train_step` (forward, loss mined over the global
-batch, Optax update). Around the steps: metrics (`metric_logging`), the mining-health monitor
-(`monitor`), evaluation (`evaluation`), checkpoints (`checkpointing`, resumed at the exact
-step), stop signals (`preemption`) and, at the end, the exports (`reports`).
+A batch goes from the task (`tasks`: labelled images through `data.datasets`, `data.samplers`
+and `data.augmentations`, or triplets of image files through `data.pairs` and `data.images`;
+deterministic given seed, epoch and step) -> `parallel.shard_batch` (each process puts its
+rows on its devices) -> `train_step` (forward, the task's loss over the global batch, Optax
+update). Around the steps: metrics (`metric_logging`), the mining-health monitor (`monitor`),
+evaluation (`evaluation`), checkpoints (`checkpointing`, resumed at the exact step), stop
+signals (`preemption`) and, at the end, the exports (`reports`).
 """
 
 from __future__ import annotations
@@ -24,20 +24,14 @@ from tqdm import tqdm
 
 from tripletjax.app import checkpointing
 from tripletjax.app import errors
-from tripletjax.app import evaluation
-from tripletjax.app import exports
 from tripletjax.app import metric_logging
 from tripletjax.app import monitor as monitor_lib
 from tripletjax.app import parallel
 from tripletjax.app import preemption
-from tripletjax.app import reports
+from tripletjax.app import tasks
 from tripletjax.app import train_step
 from tripletjax.app.config import checks
 from tripletjax.app.config import resume
-from tripletjax.app.data import datasets
-from tripletjax.app.data import images as images_lib
-from tripletjax.app.data import pipeline as pipeline_lib
-from tripletjax.app.data import samplers
 
 
 def _to_floats(record: dict) -> dict:
@@ -97,54 +91,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     # Before any work: a resume with a config that cannot continue this run is an error.
     changes = resume.check_resume(config, workdir) if checkpoints.steps() else {}
-    dataset = load_data(config)
-    try:
-      with preemption.StopSignals() as stop_signals:
-        return _run(config, workdir, changes, checkpoints, stop_signals, dataset)
-    finally:
-      dataset.close()
+    with preemption.StopSignals() as stop_signals:
+      return _run(config, workdir, changes, checkpoints, stop_signals)
   finally:
     checkpoints.close()
 
 
-def load_data(config: ml_collections.ConfigDict) -> datasets.Dataset:
-  """The dataset of `config.data` (class split, validation, image options), checked against
-  the config."""
-  data = config.data
-  dataset = datasets.load_dataset(
-      data.name, data.data_dir, seed=config.seed, max_train=data.max_train,
-      max_test=data.max_test, class_split=data.class_split,
-      validation_fraction=data.validation_fraction,
-      image_options=datasets.ImageOptions(
-          size=data.image_size, channels=data.image_channels, eval_resize=data.eval_resize,
-          unreadable=data.unreadable, workers=data.decode_workers))
-  stats = images_lib.NORMALIZATIONS[data.normalize]
-  if stats is not None and dataset.image_shape[-1] != len(stats[0]):
-    dataset.close()
-    raise errors.ConfigError(
-        f"config.data.normalize={data.normalize!r} needs {len(stats[0])}-channel images; "
-        f"{data.name} has {dataset.image_shape[-1]}.", "leave config.data.normalize='none'")
-  return dataset
-
-
-def _run(config, workdir, changes, checkpoints, stop_signals, dataset) -> dict:
-  """The body of `train_and_evaluate`: trainer, resume, the loop, evaluation, exports."""
-  is_main = jax.process_index() == 0
+def _run(config, workdir, changes, checkpoints, stop_signals) -> dict:
+  """The body of `train_and_evaluate`: the task (data, loss, evaluation), then `_train`."""
   mesh = parallel.make_mesh()
-  pipeline = pipeline_lib.InputPipeline(config.data, config.seed)
+
+  task = tasks.make_task(config)
   try:
-    sampler = samplers.make_sampler(
-        config.batch.sampler, dataset.train.labels, batch_size=config.batch.batch_size,
-        classes_per_batch=config.batch.classes_per_batch,
-        samples_per_class=config.batch.samples_per_class, seed=config.seed)
-  except ValueError as error:  # The batch settings do not fit this training set.
-    raise errors.ConfigError(
-        f"config.batch does not fit the {len(dataset.train)} training examples of "
-        f"{len(dataset.train.classes)} classes: {error}",
-        "change config.batch.classes_per_batch / samples_per_class / batch_size") from error
-  steps_per_epoch = sampler.steps_per_epoch
+    return _train(config, workdir, changes, checkpoints, stop_signals, mesh, task)
+  finally:
+    task.close()
+
+
+def _train(config, workdir, changes, checkpoints, stop_signals, mesh, task) -> dict:
+  """The loop over the task's batches, its evaluations, and the final exports."""
+  is_main = jax.process_index() == 0
+  steps_per_epoch = task.steps_per_epoch
   total_steps = steps_per_epoch * config.num_epochs
-  trainer = train_step.build_trainer(config, dataset.train.images.shape[1:], total_steps, mesh)
+  trainer = train_step.build_trainer(config, task.input_shape, total_steps, mesh,
+                                     loss_fn=task.loss_fn)
   meta = _restore(trainer, checkpoints, mesh)
   step = meta["step"] if meta else 0
   train_seconds = meta.get("train_seconds", 0.0) if meta else 0.0
@@ -195,11 +165,10 @@ def _run(config, workdir, changes, checkpoints, stop_signals, dataset) -> dict:
     skipped_steps += int(np.sum(jax.device_get(pending_flags))) if pending_flags else 0
     pending_flags, pending_from = [], step + 1
 
-  progress = tqdm(total=total_steps, initial=step, desc=f"{config.loss.name} on "
-                  f"{config.data.name}", unit="step", disable=not is_main or config.quiet,
-                  dynamic_ncols=True)
+  progress = tqdm(total=total_steps, initial=step, desc=task.description, unit="step",
+                  disable=not is_main or config.quiet, dynamic_ncols=True)
   trainer.model.train()
-  test_embeddings = None
+  evaluated = None  # What the last evaluation returned for the exports.
   try:
     for epoch in range(step // steps_per_epoch, config.num_epochs):
       # Dropout masks depend only on (seed, epoch, step in epoch): a resumed run repeats them.
@@ -209,12 +178,11 @@ def _run(config, workdir, changes, checkpoints, stop_signals, dataset) -> dict:
       if done_in_epoch and meta:
         train_step.set_rng_counts(trainer.model, meta["rng_counts"])
       epoch_start = time.time()
-      for images, labels in pipeline.train_batches(dataset.train, sampler, epoch,
-                                                   done_in_epoch):
+      for images, labels in task.batches(epoch, done_in_epoch):
         if (signal_number := stop_signals.requested()) is not None:
           _stop_on_signal(signal_number, step, epoch, steps_per_epoch, save, check_finite,
                           checkpoints, progress)
-        images, labels = parallel.shard_batch(mesh, images, labels.astype(np.int32))
+        images, labels = parallel.shard_batch(mesh, images, labels)
         metrics = trainer.train_step(trainer.model, trainer.optimizer, images, labels)
         step += 1
         pending_flags.append(metrics["nonfinite"])
@@ -237,19 +205,13 @@ def _run(config, workdir, changes, checkpoints, stop_signals, dataset) -> dict:
 
       last_epoch = epoch + 1 == config.num_epochs
       if (epoch + 1) % config.eval_every_epochs == 0 or last_epoch:
-        metrics, test_embeddings = evaluation.evaluate(
-            trainer, mesh, dataset, pipeline, config.eval, seed=config.seed,
-            with_train=last_epoch)
+        metrics, evaluated = task.evaluate(trainer, mesh, final=last_epoch)
         eval_log.write(step, {"epoch": epoch + 1, "epoch_seconds": epoch_seconds,
                               "train_seconds": train_seconds, **metrics})
-        progress.write(f"epoch {epoch + 1}: {_describe_metrics(metrics)}  ({epoch_seconds:.0f} "
-                       f"s, {train_seconds:.0f} s of training so far)")
-        if is_main and config.export.pca_every_eval:
-          exports.plot_pca(test_embeddings, dataset.test.labels,
-                           os.path.join(workdir, "plots", f"pca_2d_epoch{epoch + 1:03d}.png"),
-                           os.path.join(workdir, "plots", f"pca_3d_epoch{epoch + 1:03d}.png"),
-                           title=f"{config.loss.name}, epoch {epoch + 1}",
-                           class_names=dataset.class_names)
+        progress.write(f"epoch {epoch + 1}: {task.eval_line(metrics)}  ({epoch_seconds:.0f} s, "
+                       f"{train_seconds:.0f} s of training so far)")
+        if is_main:
+          task.after_evaluation(workdir, epoch + 1, evaluated)
       if (epoch + 1) % config.checkpoint_every_epochs == 0 or last_epoch:
         save(step, epoch + 1)
   finally:
@@ -259,45 +221,26 @@ def _run(config, workdir, changes, checkpoints, stop_signals, dataset) -> dict:
     health_log.close()
   checkpoints.wait()
 
-  if test_embeddings is None:  # Resumed after the last epoch: evaluate the restored model.
-    metrics, test_embeddings = evaluation.evaluate(
-        trainer, mesh, dataset, pipeline, config.eval, seed=config.seed, with_train=True)
+  if evaluated is None:  # Resumed after the last epoch: evaluate the restored model.
+    metrics, evaluated = task.evaluate(trainer, mesh, final=True)
   final = dict(metrics)
-  final.update(loss=config.loss.name, dataset=config.data.name,
-               class_split=config.data.class_split, epochs=config.num_epochs, steps=step,
-               train_seconds=train_seconds, skipped_steps=skipped_steps,
-               unreadable_images=len(_unreadable_files(dataset)),
-               unreadable_files=_unreadable_files(dataset),
+  final.update(loss=config.loss.name, dataset=config.data.name, epochs=config.num_epochs,
+               steps=step, train_seconds=train_seconds, skipped_steps=skipped_steps,
                health_warnings=[warning.record() for warning in monitor.warnings])
   if is_main:
     with open(os.path.join(workdir, "eval.json"), "w") as f:
       json.dump(final, f, indent=2)
     notes = monitor.summary()
-    if final["unreadable_images"]:
+    if final.get("unreadable_images"):
       notes += (f"\n\n{final['unreadable_images']} unreadable image files were skipped "
-                "(unreadable_files in eval.json).")
-    reports.write_exports(workdir, config, dataset, test_embeddings, final, notes=notes)
+                "(unreadable_files in eval.json, when the task lists them).")
+    task.write_exports(workdir, final, evaluated, notes=notes)
   return final
 
 
-def _describe_metrics(metrics: dict) -> str:
-  """One line of an evaluation's headline numbers."""
-  where = ("unseen classes" if metrics.get("num_unseen_test_classes")
-           else "test")
-  line = (f"{where}: precision@1 {metrics['precision_at_1']:.4f}  "
-          f"MAP@R {metrics['map_at_r']:.4f}")
-  if "validation_precision_at_1" in metrics:
-    line += (f"  validation: precision@1 {metrics['validation_precision_at_1']:.4f}  "
-             f"MAP@R {metrics['validation_map_at_r']:.4f}")
-  return line
-
-
-def _unreadable_files(dataset: datasets.Dataset) -> dict[str, str]:
-  """{path: reason} of the image files skipped as unreadable (the "skip" policy)."""
-  for split in (dataset.train, dataset.test, dataset.validation):
-    if split is not None and images_lib.is_lazy(split.images):
-      return dict(sorted(split.images.decoder.unreadable.items()))
-  return {}
+def summary_line(config: ml_collections.ConfigDict, final: dict) -> str:
+  """The final metrics of a run in one line (what `main` prints)."""
+  return tasks.TASKS[tasks.task_for(config.data.name)].build.summary_line(final)
 
 
 def _stop_on_signal(signal_number, step, epoch, steps_per_epoch, save, check_finite,

@@ -20,6 +20,7 @@ from tripletjax import losses
 from tripletjax.app import models
 from tripletjax.app import optimizers
 from tripletjax.app import parallel
+from tripletjax.app.models import weights
 
 
 def make_loss_fn(loss_config: ml_collections.ConfigDict) -> Callable:
@@ -55,15 +56,32 @@ class Trainer:
   forward_chunks: int = 1
 
 
-def build_trainer(config, input_shape, total_steps, mesh) -> Trainer:
-  """The model and optimizer of `config`, replicated over `mesh`, and their jitted functions."""
+def build_model(config, input_shape) -> nnx.Module:
+  """The model of `config.model`, with the backbone of `config.model.weights` if set."""
   rngs = nnx.Rngs(params=config.seed, dropout=config.seed + 1)
+  options = model_options(config.model)
+  if config.model.weights is not None:
+    options = weights.model_options(config.model.weights, options)
   model = models.create_model(config.model.name, input_shape=input_shape,
-                              embedding_dim=config.model.embedding_dim, rngs=rngs,
-                              **model_options(config.model))
+                              embedding_dim=config.model.embedding_dim, rngs=rngs, **options)
+  if config.model.weights is not None:
+    weights.load_backbone(model, config.model.weights)
+  return model
+
+
+def build_trainer(config, input_shape, total_steps, mesh, loss_fn: Callable | None = None
+                  ) -> Trainer:
+  """The model and optimizer of `config`, replicated over `mesh`, and their jitted functions.
+
+  `loss_fn(labels, embeddings) -> (loss, stats)` defaults to the mined loss of `config.loss`.
+  Frozen parameters (`config.model.freeze_before`) are left out of the optimizer: they get no
+  gradient, no optimizer state and no update.
+  """
+  model = build_model(config, input_shape)
   tx, schedule = optimizers.make_optimizer(config.optimizer, total_steps)
-  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  loss_fn = make_loss_fn(config.loss)
+  trainable = models.trainable_filter(model)
+  optimizer = nnx.Optimizer(model, tx, wrt=trainable)
+  loss_fn = loss_fn or make_loss_fn(config.loss)
   replicated = parallel.replicated(mesh)
   # The state lives replicated on every device of the mesh, like a restored checkpoint.
   state = nnx.state((model, optimizer))
@@ -83,7 +101,8 @@ def build_trainer(config, input_shape, total_steps, mesh) -> Trainer:
           (output.embeddings, labels), replicated)
       loss, stats = loss_fn(all_labels, embeddings)
       return loss, (stats, output.norms, embedding_spread(embeddings))
-    (loss, (stats, norms, spread)), grads = nnx.value_and_grad(objective, has_aux=True)(model)
+    (loss, (stats, norms, spread)), grads = nnx.value_and_grad(
+        objective, argnums=nnx.DiffState(0, trainable), has_aux=True)(model)
     optimizer.update(model, grads)
     learning_rate = schedule(optimizer.step.value - 1)
     # A step with a non-finite loss or gradient leaves the state (BatchNorm statistics

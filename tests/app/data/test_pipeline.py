@@ -118,25 +118,18 @@ def test_unreadable_training_file_stops_the_run_by_default(tmp_path):
     dataset.close()
 
 
-def test_eval_chunks_are_in_order_and_normalised(tmp_path):
+def test_eval_chunks_are_in_order_and_stay_in_0_1(tmp_path):
   dataset = folder_dataset(tmp_path)
   try:
     files = dataset.test.images
-    plain = pipeline.InputPipeline(data_config(), seed=0)
-    chunks = list(plain.eval_chunks(files, 5))
+    inputs = pipeline.InputPipeline(data_config(), seed=0)
+    chunks = list(inputs.eval_chunks(files, 5))
     assert [len(c) for c in chunks] == [5, 5, 2]
     everything = np.concatenate(chunks)
     np.testing.assert_array_equal(everything, files[:])
-    imagenet = pipeline.InputPipeline(data_config(normalize="imagenet"), seed=0)
-    normalised = np.concatenate(list(imagenet.eval_chunks(files, 5)))
-    mean, std = images.NORMALIZATIONS["imagenet"]
-    np.testing.assert_allclose(normalised, (everything - mean) / np.asarray(std, np.float32),
-                               rtol=1e-5, atol=1e-6)
-    # Arrays are normalised in copies: the dataset's own images stay in [0, 1].
+    assert 0.0 <= everything.min() and everything.max() <= 1.0
     digits = datasets.load_dataset("digits", max_test=20).test.images
-    ones = np.ones((4, 2, 2, 3), np.float32)
-    list(imagenet.eval_chunks(ones, 2))
-    assert ones.min() == 1.0 and digits.min() >= 0.0
+    np.testing.assert_array_equal(np.concatenate(list(inputs.eval_chunks(digits, 7))), digits)
   finally:
     dataset.close()
 

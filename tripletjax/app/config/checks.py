@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
+import os
 from typing import Any, Iterable
 
 import jax
@@ -25,12 +26,15 @@ from tripletjax.app import faiss_index
 from tripletjax.app import models
 from tripletjax.app import optimizers
 from tripletjax.app import retrieval
+from tripletjax.app import tasks
 from tripletjax.app.config import defaults
 from tripletjax.app.data import augmentations
 from tripletjax.app.data import datasets
 from tripletjax.app.data import images
 from tripletjax.app.data import samplers
 from tripletjax.app.data import splits
+from tripletjax.app.models import resnet
+from tripletjax.app.models import weights
 
 # Seeds seed JAX keys (seed and seed + 1), which keep only their low 32 bits.
 SEED_LIMIT = 2**31
@@ -93,17 +97,6 @@ class _Checker:
     if not (isinstance(value, bool) or (optional and value is None)):
       _fail(key, value, "must be True or False" + (" or None" if optional else ""))
 
-  def pair(self, key: str, *, low: float, high: float | None, hint: str) -> None:
-    """A (low, high) pair of numbers with low_bound < low <= high (<= high_bound if given)."""
-    value = self[key]
-    ok = (isinstance(value, (tuple, list)) and len(value) == 2
-          and all(_is_number(v) and math.isfinite(v) for v in value))
-    if ok:
-      first, second = value
-      ok = low < first <= second and (high is None or second <= high)
-    if not ok:
-      _fail(key, value, f"must be a pair (low, high) with {hint}")
-
   def choice(self, key: str, valid: Iterable[str]) -> None:
     value, valid = self[key], sorted(valid)
     if value not in valid:
@@ -149,41 +142,51 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
   check.boolean("quiet")
 
   name = check["data.name"]
-  try:
-    datasets.find_loader(name)
-  except errors.DataError:
-    close = difflib.get_close_matches(str(name), list(datasets.DATASETS), n=1)
-    _fail("data.name", name, f"must be one of {', '.join(datasets.dataset_names())}",
-          f"did you mean {close[0]!r}?" if close else None)
+  task = tasks.task_for(name)
+  if task == "labelled":
+    try:
+      datasets.find_loader(name)
+    except errors.DataError:
+      names = list(datasets.DATASETS) + [tasks.PAIRS_PREFIX, tasks.PAIRS_DEMO_PREFIX]
+      close = difflib.get_close_matches(str(name), names, n=1)
+      valid = [*datasets.dataset_names(), *tasks.TASKS["pairs"].data_names]
+      _fail("data.name", name, f"must be one of {', '.join(valid)}",
+            f"did you mean {close[0]!r}?" if close else None)
+  elif name.startswith(tasks.PAIRS_DEMO_PREFIX):
+    check.choice("data.name", [tasks.PAIRS_DEMO_PREFIX + s for s in tasks.PAIR_DEMO_SOURCES])
+  elif name == tasks.PAIRS_PREFIX:
+    _fail("data.name", name, "must name a pair folder or CSV file after 'pairs:'")
   data_dir = check["data.data_dir"]
   if data_dir is not None and (not isinstance(data_dir, str) or not data_dir):
     _fail("data.data_dir", data_dir, "must be a folder path or None")
   check.integer("data.max_train", 1, optional=True)
   check.integer("data.max_test", 1, optional=True)
+  check.number("data.validation_fraction", minimum=0.0, below=1.0)
   try:
     splits.check_class_split(check["data.class_split"])
   except ValueError as error:
     _fail("data.class_split", check["data.class_split"], str(error))
-  check.number("data.validation_fraction", minimum=0.0, below=1.0)
-  is_folder = isinstance(name, str) and name.startswith(datasets.FOLDER_PREFIX)
-  check.choice("data.augment", augmentations.FILE_AUGMENTATIONS if is_folder
-               else augmentations.AUGMENTATIONS)
+  if task == "pairs":
+    check.number("data.validation_fraction", minimum=0.0, exclusive_minimum=True, below=1.0)
+    check.choice("data.augment", tasks.PAIR_AUGMENTATIONS)
+    check.choice("batch.sampler", ["shuffled"])
+    if check["data.class_split"] != "none":
+      _fail("data.class_split", check["data.class_split"],
+            "must be 'none' for pairs (a pair's two images are its only class)")
+  elif isinstance(name, str) and name.startswith(datasets.FOLDER_PREFIX):
+    check.choice("data.augment", augmentations.FILE_AUGMENTATIONS)
+  else:
+    check.choice("data.augment", augmentations.AUGMENTATIONS)
   check.integer("data.max_shift", 0)
   check.integer("data.image_size", 1)
   if check["data.image_channels"] not in (1, 3) or isinstance(check["data.image_channels"], bool):
     _fail("data.image_channels", check["data.image_channels"], "must be 1 (grey) or 3 (RGB)")
-  check.integer("data.eval_resize", 1)
-  if config.data.eval_resize < config.data.image_size:
-    _fail("data.eval_resize", config.data.eval_resize,
-          f"must be at least data.image_size={config.data.image_size} (the centre crop is "
-          "taken from the resized image)")
-  check.pair("data.crop_scale", low=0.0, high=1.0, hint="0 < low <= high <= 1")
-  check.pair("data.crop_ratio", low=0.0, high=None, hint="0 < low <= high")
-  check.choice("data.normalize", images.NORMALIZATIONS)
-  if (is_folder and images.NORMALIZATIONS[config.data.normalize] is not None
-      and config.data.image_channels != 3):
-    _fail("data.normalize", config.data.normalize,
-          "needs data.image_channels=3 (its mean and std are per RGB channel)")
+  check.integer("data.eval_resize", check["data.image_size"], optional=True)
+  for key, low, high in (("data.crop_scale", 0.0, 1.0), ("data.crop_ratio", 0.0, math.inf)):
+    value = check[key]
+    if not (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(_is_number(v) for v in value) and low < value[0] <= value[1] <= high):
+      _fail(key, value, f"must be (low, high) with {low:g} < low <= high <= {high:g}")
   check.choice("data.unreadable", images.UNREADABLE_POLICIES)
   check.integer("data.decode_workers", 0)
   check.integer("data.prefetch_batches", 1)
@@ -194,6 +197,29 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
   check.integer("model.width", 1, optional=True)
   check.number("model.dropout_rate", minimum=0.0, below=1.0, optional=True)
   check.boolean("model.batch_norm", optional=True)
+  for key, valid in (("model.stem", resnet.STEMS), ("model.style", resnet.STYLES),
+                     ("model.preprocess", resnet.PREPROCESSING), ("model.head", resnet.HEADS),
+                     ("model.pooling", resnet.POOLINGS)):
+    if check[key] is not None:
+      check.choice(key, valid)
+  freeze_before = check["model.freeze_before"]
+  if freeze_before is not None and model_name in resnet.ARCHITECTURES:
+    stage_sizes, _ = resnet.ARCHITECTURES[model_name]
+    check.choice("model.freeze_before", resnet.part_names(stage_sizes)[1:])
+  weights_path = check["model.weights"]
+  if weights_path is not None:
+    if model_name not in resnet.ARCHITECTURES:
+      _fail("model.weights", weights_path,
+            f"pretrained weights load into ResNets ({', '.join(resnet.ARCHITECTURES)}), not "
+            f"into {model_name!r}")
+    if not isinstance(weights_path, str) or not os.path.isfile(weights_path):
+      _fail("model.weights", weights_path, "no such file",
+            "nothing is downloaded at run time; the README's 'Pretrained backbones' says "
+            "where to get the files")
+    try:
+      weights.find_format(weights_path)
+    except errors.UserError as error:
+      raise errors.ConfigError(f"config.model.weights={weights_path!r}: {error}") from None
   accepted = models.MODELS[model_name].options
   for option, value in config.model.items():
     if option in models.OPTION_NAMES and value is not None and option not in accepted:
@@ -201,13 +227,15 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
             f"model {model_name!r} has no such option; leave it None (its options: "
             f"{', '.join(sorted(accepted))})")
 
-  check.choice("loss.name", losses.MINED_LOSSES)
+  task_losses = tasks.TASKS[task].losses
+  check.choice("loss.name", task_losses)
   check.number("loss.margin", minimum=0.0)
   check.choice("loss.metric", validation.METRICS)
   check.boolean("loss.soft")
   check.choice("loss.mining_backend", mining.BACKENDS)
   # An option of another loss set away from its default would be silently ignored.
-  loss_options = losses.MINED_LOSSES[config.loss.name].options
+  loss_options = (losses.MINED_LOSSES[config.loss.name].options
+                  if config.loss.name in losses.MINED_LOSSES else ("margin",))
   default_loss = defaults.get_config().loss
   for option, value in config.loss.items():
     if option not in ("name", *loss_options) and value != default_loss[option]:

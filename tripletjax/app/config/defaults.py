@@ -17,30 +17,36 @@ def get_config() -> ml_collections.ConfigDict:
   config.quiet = False  # True hides the progress bar.
 
   config.data = ml_collections.ConfigDict()
-  # digits | fashion_mnist | mnist | tfds:<name> | folder:<path> (app/data/folders.py)
+  # Labelled images: digits | fashion_mnist | mnist | tfds:<name> | folder:<path> (image files
+  # arranged by class, app/data/folders.py). Pairs of images that look alike
+  # (app/data/pairs.py): pairs:<folder of left/ and right/, or CSV> | pairs_demo:<digits
+  # | fashion_mnist> (an offline pair folder written into data_dir, app/data/pair_demo.py).
   config.data.name = "digits"
   config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
+  # At most this many training (test) examples; pairs: training (validation) pairs.
   config.data.max_train = ml_collections.FieldReference(None, field_type=int)
   config.data.max_test = ml_collections.FieldReference(None, field_type=int)
-  # Train and test on disjoint classes: none | half | <first>:<last> (app/data/splits.py).
+  # Labelled images: train and test on disjoint classes, none | half | <first>:<last>
+  # (app/data/splits.py).
   config.data.class_split = "none"
-  # Hold out this fraction of the training side for validation: of the training classes when
-  # the test classes are unseen (class split, SOP, In-Shop), of each class's examples
-  # otherwise. 0: no validation set.
+  # Hold out this fraction for validation. Labelled images: of the training classes when the
+  # test classes are unseen (class split, SOP, In-Shop), of each class's examples otherwise.
+  # Pairs: of the pairs (at least 2). 0: no validation set (labelled images).
   config.data.validation_fraction = 0.0
-  # In-memory images: none | flip | shift | flip_shift; image files (folder:): none | flip |
-  # crop | crop_flip (app/data/augmentations.py).
+  # In-memory images: none | flip | shift | flip_shift; image files (folder:, pairs:): none |
+  # flip | crop | crop_flip (app/data/augmentations.py).
   config.data.augment = "none"
   config.data.max_shift = 2  # shift, flip_shift: largest translation in pixels.
-  # Image files (folder:): square crops of image_size, image_channels 1 (grey) or 3 (RGB);
-  # evaluation resizes the shorter side to eval_resize, then crops the centre; training's
-  # random resized crops cover crop_scale of the area at aspect ratios crop_ratio.
+  # Image files (folder:, pairs:): square crops of image_size, image_channels 1 (grey) or 3
+  # (RGB, folder: only); evaluation resizes the shorter side to eval_resize (None: the crop
+  # spans the shorter side; "A Metric Learning Reality Check" resizes to 256 for 224), then
+  # crops the centre; training's random resized crops cover crop_scale of the area at aspect
+  # ratios crop_ratio.
   config.data.image_size = 224
   config.data.image_channels = 3
-  config.data.eval_resize = 256
+  config.data.eval_resize = ml_collections.FieldReference(None, field_type=int)
   config.data.crop_scale = (0.16, 1.0)
   config.data.crop_ratio = (3 / 4, 4 / 3)
-  config.data.normalize = "none"  # none | imagenet (mean/std of ImageNet-pretrained weights)
   config.data.unreadable = "error"  # error | skip: an unreadable image file stops the run or
   # is skipped, reported once and counted.
   config.data.decode_workers = 0  # Image decoding threads; 0: one per core.
@@ -53,13 +59,28 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.width = ml_collections.FieldReference(None, field_type=int)  # ResNets.
   config.model.dropout_rate = ml_collections.FieldReference(None, field_type=float)  # CNNs.
   config.model.batch_norm = ml_collections.FieldReference(None, field_type=bool)  # hsu_cnn.
+  # ResNets (app/models/resnet.py): stem auto | small | imagenet; style torchvision | keras;
+  # preprocess none | imagenet | caffe; head linear | mlp (Dense 512-BN-Dense 256-BN-Dense);
+  # pooling avg | flatten; freeze_before None or a part ("stage4", "stage4.block2", "head"):
+  # every part before it is frozen.
+  config.model.stem = ml_collections.FieldReference(None, field_type=str)
+  config.model.style = ml_collections.FieldReference(None, field_type=str)
+  config.model.preprocess = ml_collections.FieldReference(None, field_type=str)
+  config.model.head = ml_collections.FieldReference(None, field_type=str)
+  config.model.pooling = ml_collections.FieldReference(None, field_type=str)
+  config.model.freeze_before = ml_collections.FieldReference(None, field_type=str)
+  # A pretrained ResNet backbone from a local file (app/models/weights.py): a torchvision
+  # state_dict (.pth, .safetensors), Keras weights (.h5, .keras) or a converted .npz. Its
+  # layout sets style, preprocess and stem unless they are set. None: random initialisation.
+  config.model.weights = ml_collections.FieldReference(None, field_type=str)
   # Run the model on this many chunks of each device's batch, one after the other (the loss
   # still mines the whole batch). Smaller convolutions use the CPU caches better; with
   # BatchNorm the statistics become per chunk ("ghost" batch norm). See train.apply_in_chunks.
   config.model.forward_chunks = 1
 
   config.loss = ml_collections.ConfigDict()
-  config.loss.name = "semihard"  # semihard | hard | batch_all | contrastive
+  # Labelled data: semihard | hard | batch_all | contrastive; pairs: triplet (squared L2).
+  config.loss.name = "semihard"
   config.loss.margin = 0.5
   config.loss.metric = "l2"  # l2 | squared_l2 | angular
   config.loss.soft = False  # hard only: softplus instead of the hinge.

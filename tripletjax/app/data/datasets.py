@@ -158,13 +158,14 @@ class ImageOptions:
   Attributes:
     size: the side of the square crops.
     channels: 1 (grey) or 3 (RGB).
-    eval_resize: the shorter side before the evaluation centre crop (MLRC: 256 for 224).
+    eval_resize: the shorter side before the evaluation centre crop (MLRC: 256 for 224);
+      None: the crop spans the shorter side.
     unreadable: "error" or "skip" (`images.UNREADABLE_POLICIES`).
     workers: decoding threads; 0: one per core.
   """
   size: int = 224
   channels: int = 3
-  eval_resize: int = 256
+  eval_resize: int | None = None
   unreadable: str = "error"
   workers: int = 0
 

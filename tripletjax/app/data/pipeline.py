@@ -12,7 +12,8 @@ of every step of an epoch from `first_step` on: the sampler's indices, then
 
 Every image's random draw depends only on (seed, epoch, step, position in the batch): a resumed
 run sees exactly the batches of an uninterrupted one. `eval_chunks` yields the evaluation
-images in order, decoded ahead the same way. Both apply `config.data.normalize`.
+images in order, decoded ahead the same way. Images stay in [0, 1]: a pretrained model
+normalises its input itself (`config.model.preprocess`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ class InputPipeline:
     self.seed = int(seed)
     self.augment = data_config.augment
     self.max_shift = data_config.max_shift
-    self.normalization = data_config.normalize
     self.prefetch = int(data_config.prefetch_batches)
     self._file_transform = None
     if data_config.augment in augmentations.FILE_AUGMENTATIONS:
@@ -70,8 +70,7 @@ class InputPipeline:
               f"in-memory images take {', '.join(sorted(augmentations.AUGMENTATIONS))}.")
         batch = augmentations.augment(split.images[indices], self.augment, seed=self.seed,
                                       epoch=epoch, step=step, max_shift=self.max_shift)
-        # Rows picked by an index array are a copy: normalising them in place is safe.
-        yield self._normalized(batch, copy=False), split.labels[indices]
+        yield batch, split.labels[indices]
       return
     files = split.images
     if self._file_transform is None:
@@ -88,27 +87,21 @@ class InputPipeline:
 
     jobs = (functools.partial(job, step, indices) for step, indices in steps)
     for batch, indices in images_lib.ImageDecoder.prefetch(jobs, self.prefetch):
-      yield self._normalized(batch, copy=False), split.labels[indices]
+      yield batch, split.labels[indices]
 
   # --- evaluation ---------------------------------------------------------------------------
 
   def eval_chunks(self, images, chunk_size: int) -> Iterator[np.ndarray]:
-    """Yields float32 chunks [<= chunk_size, H, W, C] of `images` in order, normalised."""
+    """Yields float32 chunks [<= chunk_size, H, W, C] of `images` in order."""
     if not images_lib.is_lazy(images):
       for start in range(0, len(images), chunk_size):
-        yield self._normalized(images[start:start + chunk_size], copy=True)
+        yield images[start:start + chunk_size]
       return
     jobs = (functools.partial(images.submit, np.arange(start, min(start + chunk_size,
                                                                   len(images))))
             for start in range(0, len(images), chunk_size))
     for batch, _ in images_lib.ImageDecoder.prefetch(jobs, self.prefetch):
-      yield self._normalized(batch, copy=False)
-
-  def _normalized(self, batch: np.ndarray, copy: bool) -> np.ndarray:
-    if self.normalization == "none":
-      return batch
-    return images_lib.normalize(np.array(batch, np.float32) if copy else batch,
-                                self.normalization)
+      yield batch
 
 
 class _PendingTrainBatch:
