@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from tripletjax.mining import backend
 from tripletjax.mining import keys
+from tripletjax.mining import shards
 
 
 class SortedRows(NamedTuple):
@@ -42,6 +43,8 @@ def _sort_on_host(values: jax.Array, tags: jax.Array) -> SortedRows:
   sorted_values, low_words = jax.pure_callback(
       keys.sort_packed, out_shapes, keys.value_bits(values), tags.astype(jnp.uint8),
       vmap_method="expand_dims")
+  # Inside shard_map: this device's values.
+  sorted_values, low_words = shards.vary_like((sorted_values, low_words), values)
   return SortedRows(sorted_values, low_words < 0, low_words & keys.NOT_SIGN)
 
 
