@@ -1,8 +1,10 @@
 """The model, its optimizer and the compiled train step: forward, mined loss, Optax update.
 
 The train step is one jit-compiled function of (model, optimizer, images, labels). The state is
-replicated and the batch sharded over every device (`parallel`); XLA gathers the embeddings of
-all devices before the loss, so negatives come from the whole global batch.
+replicated and the batch sharded over every device (`parallel`). The loss mines the global
+batch as `config.loss.mining_scope` says (`make_sharded_loss_fn`, `tripletjax.sharded`): by
+default each device mines its own rows against the gathered embeddings of every device, so
+negatives come from the whole global batch and the loss is that of one device.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import ml_collections
 from flax import nnx
 
 from tripletjax import losses
+from tripletjax import sharded
 from tripletjax.app import models
 from tripletjax.app import optimizers
 from tripletjax.app import parallel
@@ -27,6 +30,14 @@ def make_loss_fn(loss_config: ml_collections.ConfigDict) -> Callable:
   loss = losses.MINED_LOSSES[loss_config.name]
   options = {name: loss_config[name] for name in loss.options}
   return functools.partial(loss.fn, return_stats=True, **options)
+
+
+def make_sharded_loss_fn(loss_config: ml_collections.ConfigDict,
+                         mesh: jax.sharding.Mesh) -> Callable:
+  """(labels[B], embeddings[B, E]) sharded over the mesh's data axis -> (loss, stats) of the
+  global batch, mined as `loss_config.mining_scope` says (`tripletjax.sharded`). Call under jit."""
+  return sharded.sharded_loss(make_loss_fn(loss_config), mesh, scope=loss_config.mining_scope,
+                              axis_name=parallel.DATA_AXIS)
 
 
 def model_options(model_config: ml_collections.ConfigDict) -> dict:
@@ -54,7 +65,7 @@ def build_trainer(config, input_shape, total_steps, mesh) -> Trainer:
                               **model_options(config.model))
   tx, schedule = optimizers.make_optimizer(config.optimizer, total_steps)
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  loss_fn = make_loss_fn(config.loss)
+  loss_fn = make_sharded_loss_fn(config.loss, mesh)
   replicated = parallel.replicated(mesh)
   # The state lives replicated on every device of the mesh, like a restored checkpoint.
   state = nnx.state((model, optimizer))
@@ -68,11 +79,7 @@ def build_trainer(config, input_shape, total_steps, mesh) -> Trainer:
 
     def objective(model):
       output = parallel.apply_in_chunks(model, images, num_chunks)
-      # Mining needs every embedding of the global batch: gather them (B x E, cheap) and mine
-      # on every device, rather than leaving XLA to move [B, B] intermediates around.
-      embeddings, all_labels = jax.lax.with_sharding_constraint(
-          (output.embeddings, labels), replicated)
-      loss, stats = loss_fn(all_labels, embeddings)
+      loss, stats = loss_fn(labels, output.embeddings)
       return loss, (stats, output.norms)
     (loss, (stats, norms)), grads = nnx.value_and_grad(objective, has_aux=True)(model)
     optimizer.update(model, grads)

@@ -19,6 +19,7 @@ import ml_collections
 
 from tripletjax import losses
 from tripletjax import mining
+from tripletjax import sharded
 from tripletjax import validation
 from tripletjax.app import errors
 from tripletjax.app import models
@@ -166,11 +167,12 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
   check.choice("loss.metric", validation.METRICS)
   check.boolean("loss.soft")
   check.choice("loss.mining_backend", mining.BACKENDS)
+  check.choice("loss.mining_scope", sharded.MINING_SCOPES)
   # An option of another loss set away from its default would be silently ignored.
   loss_options = losses.MINED_LOSSES[config.loss.name].options
   default_loss = defaults.get_config().loss
   for option, value in config.loss.items():
-    if option not in ("name", *loss_options) and value != default_loss[option]:
+    if option not in ("name", "mining_scope", *loss_options) and value != default_loss[option]:
       _fail(f"loss.{option}", value,
             f"loss {config.loss.name!r} has no such option (its options: "
             f"{', '.join(loss_options)}); leave it at {default_loss[option]!r}")
