@@ -11,10 +11,12 @@ A loss's `mining_backend` option is what the user asks for:
     and TPUs, and for programs sharded over several CPU devices, where a host callback
     deadlocks XLA:CPU's collectives (jax 0.10).
 
-`resolve_backend` turns the request into a `SortMethod`, which also says how XLA sorts: on
+`resolve_backend` turns the request into a sort method, which also says how XLA sorts: on
 the CPU by one uint32 rank key per entry (XLA:CPU sorts single integer operands on a fast
 path), elsewhere by (value, tag, column) as three sort operands. "xla:rank_key" and
-"xla:three_keys" force one of the two (for benchmarks and tests).
+"xla:three_keys" force one of the two, and "xla:packed_key" a third: one stable sort of a
+uint32 (value, tag) key carrying the column, the shape of sort that XLA:GPU may replace by
+CUB's radix sort (for benchmarks and tests; `mining.row_sort`).
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ import jax
 
 from tripletjax.mining import keys as keys_lib
 
-BACKENDS = ("auto", "numpy", "xla", "xla:rank_key", "xla:three_keys")
+BACKENDS = ("auto", "numpy", "xla", "xla:rank_key", "xla:three_keys", "xla:packed_key")
 
 # The resolved methods.
 NUMPY = "numpy"
 RANK_KEY = "xla:rank_key"
 THREE_KEYS = "xla:three_keys"
+PACKED_KEY = "xla:packed_key"
 
 
 def check_backend(mining_backend: str) -> str:
@@ -39,7 +42,7 @@ def check_backend(mining_backend: str) -> str:
 
 def resolve_backend(mining_backend: str = "auto", *, num_columns: int,
                     platform: str | None = None, num_devices: int | None = None) -> str:
-  """The method a sorting miner uses: `NUMPY`, `RANK_KEY` or `THREE_KEYS`.
+  """The method a sorting miner uses: `NUMPY`, `RANK_KEY`, `THREE_KEYS` or `PACKED_KEY`.
 
   Args:
     mining_backend: one of `BACKENDS`, what the caller asked for.
