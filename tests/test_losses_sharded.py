@@ -60,8 +60,12 @@ def make_inputs() -> dict[str, np.ndarray]:
   labels[10] = labels[9]
   grid = oracle.integer_grid(rng, BATCH)
   grid_labels = rng.integers(0, 4, BATCH).astype(np.int32)
+  # Wide rows: the Gram matrix's diagonal differs from separately summed squares.
+  wide = rng.normal(size=(BATCH, 128)).astype(np.float32)
+  wide[50] = wide[2]
+  wide[12] = wide[11]
   return {"random/labels": labels, "random/embeddings": random,
-          "grid/labels": grid_labels, "grid/embeddings": grid}
+          "grid/labels": grid_labels, "grid/embeddings": grid, "wide/embeddings": wide}
 
 
 def _case(variant, batch="random", metric="l2", scope="global", block_entries=ONE_BLOCK,
@@ -97,7 +101,23 @@ def sharded_results(inputs: dict, cases: list[dict]) -> dict[str, np.ndarray]:
   mesh = jax.make_mesh((jax.device_count(),), ("data",),
                        axis_types=(jax.sharding.AxisType.Auto,))
   sharding = NamedSharding(mesh, P("data"))
+  from tripletjax import distances
+  from tripletjax.mining import shards
+
   outputs = {"devices": np.array(jax.device_count())}
+  for metric in ("l2", "angular"):
+    def rows(x, metric=metric):
+      anchors = shards.shard_anchors(x.shape[0], "data")
+      return distances.shard_anchor_distances(
+          shards.gather(x, "data"), anchors.index,
+          functools.partial(shards.gather, axis_name="data"), metric)
+    outputs[f"distances/{metric}"] = np.asarray(jax.jit(jax.shard_map(
+        rows, mesh=mesh, in_specs=P("data"), out_specs=P("data")))(
+            jax.device_put(inputs["wide/embeddings"], sharding)))
+    # The one-device matrix in this process (XLA:CPU's matrix products depend on the
+    # process's device count, so not in the test's process).
+    outputs[f"distances/{metric}/one_device"] = np.asarray(jax.jit(functools.partial(
+        distances.pairwise_distances, metric=metric))(inputs["wide/embeddings"]))
   for case in cases:
     blocks.BLOCK_ENTRIES = case["block_entries"]  # Read while tracing the new jit below.
     variant = VARIANTS[case["variant"]]
@@ -212,6 +232,19 @@ def _assert_equal(got, expected, what):
       np.testing.assert_allclose(value, expected_stats[name], rtol=1e-5, atol=1e-7,
                                  err_msg=f"{what} {name}")
   np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-5, atol=1e-7, err_msg=what)
+
+
+@pytest.mark.parametrize("metric", ["l2", "angular"])
+def test_each_device_computes_its_rows_of_the_one_device_distance_matrix(sharded, metric):
+  _, _, outputs = sharded
+  got, expected = outputs[f"distances/{metric}"], outputs[f"distances/{metric}/one_device"]
+  # Bit for bit: each device takes its anchors' squared norms from its block of the Gram
+  # matrix, as the one-device matrix takes them from its diagonal (XLA:CPU computes a row of
+  # a matrix product the same way in a block of rows as in the whole).
+  np.testing.assert_array_equal(got, expected)
+  if metric == "l2":
+    # Duplicate rows, on two devices (2 and 50) and on one (11 and 12), at distance exactly 0.
+    assert got[2, 50] == got[50, 2] == got[11, 12] == got[12, 11] == 0.0
 
 
 def test_the_subprocess_ran_every_case_on_8_devices(sharded):
