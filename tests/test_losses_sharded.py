@@ -78,15 +78,14 @@ def _case(variant, batch="random", metric="l2", scope="global", block_entries=ON
 def make_cases() -> list[dict]:
   cases = [_case(variant, nonfinite=variant in ("semihard-xla", "hard", "contrastive"))
            for variant in VARIANTS]
-  cases += [_case("semihard-xla", metric="angular"), _case("hard", metric="angular"),
-            _case("semihard-xla", batch="grid", metric="squared_l2"),
-            _case("batch_all-xla", batch="grid", metric="squared_l2")]
+  # The angular metric: test_each_device_computes_its_rows_of_the_one_device_distance_matrix.
+  cases += [_case("batch_all-xla", batch="grid", metric="squared_l2")]
   cases += [_case(variant, block_entries=SMALL_BLOCKS)
             for variant in ("semihard-xla", "batch_all-xla", "hard", "contrastive")]
-  cases += [_case("semihard-xla", grad="inside"), _case("batch_all-xla", grad="inside")]
+  cases += [_case("semihard-xla", grad="inside")]
   cases += [_case("semihard-xla", scope="replicated")]
   cases += [_case(variant, scope="local", nonfinite=variant == "semihard-xla")
-            for variant in ("semihard-xla", "hard", "contrastive")]
+            for variant in ("semihard-xla", "contrastive")]
   return cases
 
 
@@ -279,7 +278,7 @@ def test_local_mining_is_the_mean_of_per_device_losses_and_not_global(sharded, m
                    if case["scope"] == "global" and case["name"].endswith(
                        f"random-l2-global-{ONE_BLOCK}-outside")}
   local_cases = [case for case in cases if case["scope"] == "local"]
-  assert len(local_cases) == 3
+  assert len(local_cases) == 2
   for case in local_cases:
     for margin in MARGINS:
       got = _result(outputs, case, f"margin{margin}")
