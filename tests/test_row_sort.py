@@ -70,7 +70,7 @@ def test_rank_key_limit_fits_uint32():
 
 
 def test_unknown_method_is_an_error():
-  with pytest.raises(ValueError, match="Unknown sort method 'radix'"):
+  with pytest.raises(ValueError, match="mining_backend 'radix' is not resolved"):
     row_sort.sort_rows(jnp.zeros((2, 2)), jnp.zeros((2, 2), bool), "radix")
   with pytest.raises(ValueError, match="Unknown mining_backend 'radix'"):
     backend.resolve_backend("radix", num_columns=2)

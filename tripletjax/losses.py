@@ -159,9 +159,10 @@ def triplet_semihard_loss(labels, embeddings, margin=1.0, metric: str = "l2",
     negative), `mean_positive_distance`, `mean_negative_distance`.
   """
   batch = _prepare(labels, embeddings, margin, metric, axis_name)
-  method = mining.resolve_backend(mining_backend, num_columns=batch.labels.shape[0])
+  mining_backend = mining.resolve_backend(mining_backend, num_columns=batch.labels.shape[0])
   sums = mining.sum_over_anchor_blocks(mining.semihard_sums, batch.labels, batch.embeddings,
-                                       batch.margin, metric, method, batch.shard)
+                                       batch.margin, metric, mining_backend,
+                                       batch.shard)
   sums = shards.total(sums, batch.axis_name)
   num_pairs = sums.num_positive_pairs
   loss = _safe_mean(sums.hinge_sum, num_pairs)
@@ -228,9 +229,10 @@ def batch_all_triplet_loss(labels, embeddings, margin=1.0, metric: str = "l2",
     `num_active_triplets`, `fraction_active` (active / valid).
   """
   batch = _prepare(labels, embeddings, margin, metric, axis_name)
-  method = mining.resolve_backend(mining_backend, num_columns=batch.labels.shape[0])
+  mining_backend = mining.resolve_backend(mining_backend, num_columns=batch.labels.shape[0])
   sums = mining.sum_over_anchor_blocks(mining.batch_all_sums, batch.labels, batch.embeddings,
-                                       batch.margin, metric, method, batch.shard)
+                                       batch.margin, metric, mining_backend,
+                                       batch.shard)
   sums = shards.total(sums, batch.axis_name)
   num_active, num_valid = sums.num_active, sums.num_valid
   loss = _safe_mean(sums.hinge_sum, num_active)

@@ -492,7 +492,8 @@ def write_report(
       lines += [f"- {name}: missing (`{relative}`)", ""]
 
   lines += ["## Final metrics", "", "| metric | value |", "| --- | --- |"]
-  lines += [f"| {name} | {_format_value(value)} |" for name, value in _flatten_metrics(eval_metrics)]
+  lines += [f"| {name} | {_format_value(value)} |"
+            for name, value in _flatten_metrics(eval_metrics)]
   lines += [""]
 
   lines += ["## Compared runs", ""]

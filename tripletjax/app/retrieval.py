@@ -33,8 +33,8 @@ from sklearn.metrics import normalized_mutual_info_score, roc_auc_score
 DEFAULT_KS = (1, 2, 4, 8)
 DEFAULT_CHUNK_SIZE = 1000
 # k-means restarts for NMI, fixed so the metric is reproducible for a given seed. One
-# k-means++ run, as pytorch-metric-learning's faiss k-means does: on 10k points more restarts
-# moved NMI by ~0.002 while doubling to tripling its cost (6 s -> 11 s with 1000 classes).
+# k-means++ run, as pytorch-metric-learning's faiss k-means does: more restarts cost a multiple
+# of the time and hardly move NMI (benchmarks/RESULTS.md).
 KMEANS_N_INIT = 1
 # Pairs whose similarities are gathered at once in `verification_metrics`
 # (2 x 16384 x D float64 rows is ~64 MiB at D = 256).

@@ -11,7 +11,7 @@ A loss's `mining_backend` option is what the user asks for:
     and TPUs, and for programs sharded over several CPU devices, where a host callback
     deadlocks XLA:CPU's collectives (jax 0.10).
 
-`resolve_backend` turns the request into a sort method, which also says how XLA sorts: on
+`resolve_backend` turns the request into a resolved backend, which also says how XLA sorts: on
 the CPU by one uint32 rank key per entry (XLA:CPU sorts single integer operands on a fast
 path), elsewhere by (value, tag, column) as three sort operands. "xla:rank_key" and
 "xla:three_keys" force one of the two, and "xla:packed_key" a third: one stable sort of a
@@ -27,11 +27,12 @@ from tripletjax.mining import keys as keys_lib
 
 BACKENDS = ("auto", "numpy", "xla", "xla:rank_key", "xla:three_keys", "xla:packed_key")
 
-# The resolved methods.
+# What `resolve_backend` returns: where the miners run and, in XLA, how rows are sorted.
 NUMPY = "numpy"
 RANK_KEY = "xla:rank_key"
 THREE_KEYS = "xla:three_keys"
 PACKED_KEY = "xla:packed_key"
+RESOLVED = (NUMPY, RANK_KEY, THREE_KEYS, PACKED_KEY)
 
 
 def check_backend(mining_backend: str) -> str:
@@ -40,9 +41,21 @@ def check_backend(mining_backend: str) -> str:
   return mining_backend
 
 
+def check_resolved(mining_backend: str) -> str:
+  """Rejects a backend that `resolve_backend` would not return ("auto", "xla", typos)."""
+  if mining_backend not in RESOLVED:
+    raise ValueError(f"mining_backend {mining_backend!r} is not resolved; expected one of "
+                     f"{RESOLVED} (see resolve_backend).")
+  return mining_backend
+
+
 def resolve_backend(mining_backend: str = "auto", *, num_columns: int,
                     platform: str | None = None, num_devices: int | None = None) -> str:
-  """The method a sorting miner uses: `NUMPY`, `RANK_KEY`, `THREE_KEYS` or `PACKED_KEY`.
+  """The backend a sorting miner uses: `NUMPY`, `RANK_KEY`, `THREE_KEYS` or `PACKED_KEY`
+  (`RESOLVED`).
+
+  Idempotent: a resolved backend resolves to itself (or to `THREE_KEYS` for rank keys on rows
+  too long for them).
 
   Args:
     mining_backend: one of `BACKENDS`, what the caller asked for.

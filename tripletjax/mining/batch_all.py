@@ -21,7 +21,7 @@ class BatchAllSums(NamedTuple):
   num_valid: jax.Array    # float32: all valid triplets.
 
 
-def _batch_all_forward(distances, anchor_index, labels, margin, method):
+def _batch_all_forward(distances, anchor_index, labels, margin, mining_backend):
   same = masks.block_same_class(anchor_index, labels)
   is_positive_pair = masks.block_positive_pairs(anchor_index, labels, same)
   # Put the shifted positives D_ap + m and the negatives D_an of each anchor in one sorted row,
@@ -29,7 +29,7 @@ def _batch_all_forward(distances, anchor_index, labels, margin, method):
   # negatives are then exactly the negatives to its left, and its hinge sum is
   # count * (D_ap + m) - (sum of those negatives): two running sums, no [B, B, B] tensor.
   values = jnp.where(is_positive_pair, distances + margin, distances)
-  rows = row_sort.sort_rows(values, ~same, method)
+  rows = row_sort.sort_rows(values, ~same, mining_backend)
   is_negative = rows.tags & (anchor_index[:, None] >= 0)
   is_positive = masks.sorted_positive_mask(~rows.tags, rows.perm, anchor_index)
   # Centre each row so that the running sums stay small and keep float32 precision.
@@ -52,23 +52,23 @@ def _batch_all_forward(distances, anchor_index, labels, margin, method):
   return sums, (rows.perm, gradient_sorted, sums.num_active)
 
 
-def _batch_all_backward(method, residuals, cotangents):
-  del method
+def _batch_all_backward(mining_backend, residuals, cotangents):
+  del mining_backend
   perm, gradient_sorted, num_active = residuals
   g = cotangents.hinge_sum
   return g * row_sort.unsort_rows(gradient_sorted, perm), None, None, g * num_active
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _batch_all_sums(distances, anchor_index, labels, margin, method):
-  return _batch_all_forward(distances, anchor_index, labels, margin, method)[0]
+def _batch_all_sums(distances, anchor_index, labels, margin, mining_backend):
+  return _batch_all_forward(distances, anchor_index, labels, margin, mining_backend)[0]
 
 
 _batch_all_sums.defvjp(_batch_all_forward, _batch_all_backward)
 
 
 def batch_all_sums(distances: jax.Array, anchor_index: jax.Array, labels: jax.Array,
-                   margin: jax.Array, method: str) -> BatchAllSums:
+                   margin: jax.Array, mining_backend: str) -> BatchAllSums:
   """Batch-all triplet sums of some anchors.
 
   Differentiable in `distances` and `margin` (reverse mode); the counts are not differentiable.
@@ -78,9 +78,9 @@ def batch_all_sums(distances: jax.Array, anchor_index: jax.Array, labels: jax.Ar
     anchor_index: [C] int32 example index of each anchor row; -1 marks a padding row.
     labels: [B] integer labels of all examples.
     margin: float32 scalar margin.
-    method: how the rows are sorted, `backend.resolve_backend(...)`.
+    mining_backend: how the rows are sorted, a resolved backend (`backend.resolve_backend`).
   """
   # Inside shard_map a margin shared by the devices is typed as varying here, so that JAX sums
   # its gradient (this device's sums' share) over the devices.
   margin = shards.vary_like(margin, distances)
-  return _batch_all_sums(distances, anchor_index, labels, margin, method)
+  return _batch_all_sums(distances, anchor_index, labels, margin, mining_backend)

@@ -68,12 +68,13 @@ def over_anchor_blocks(block_fn, embeddings, metric, *, recompute_block: bool,
   return outputs
 
 
-def sum_over_anchor_blocks(sums_fn, labels, embeddings, margin, metric, method,
+def sum_over_anchor_blocks(sums_fn, labels, embeddings, margin, metric, mining_backend,
                            shard: shards.ShardAnchors | None = None):
   """Sums of a block miner (`semihard_sums`, `batch_all_sums`) over all anchors (this device's
   with `shard`, not yet summed over devices)."""
   per_block = over_anchor_blocks(
-      lambda distances, anchor_index: sums_fn(distances, anchor_index, labels, margin, method),
+      lambda distances, anchor_index: sums_fn(distances, anchor_index, labels, margin,
+                                              mining_backend),
       embeddings, metric, recompute_block=False, shard=shard)
   return jax.tree.map(lambda x: jnp.sum(x, axis=0), per_block)
 

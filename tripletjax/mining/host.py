@@ -178,8 +178,9 @@ def semihard_sums(distances: np.ndarray, same: np.ndarray, anchor_index: np.ndar
                   margin: np.ndarray, with_gradient: bool) -> SemiHardTotals:
   """Semi-hard hinge sums over the positive pairs of a block of anchors (TFA semantics).
 
-  The NumPy twin of `mining.semihard.semihard_sums` (see there for the semantics); sums accumulate in
-  float64. Rows are independent, so large blocks are mined in slices of rows, one per core.
+  The NumPy twin of `mining.semihard.semihard_sums` (see there for the semantics); sums
+  accumulate in float64. Rows are independent, so large blocks are mined in slices of rows, one
+  per core.
 
   Args:
     distances: [C, B] float32 distances from the anchors to every example, >= 0.

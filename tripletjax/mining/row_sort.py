@@ -2,8 +2,8 @@
 
 The batch-all miner (and the semi-hard miner inside XLA) sort every row of a [C, B] block of
 the distance matrix once, ordered by (value, tag, column) so that ties resolve identically
-whatever the method. They need the sorted values and tags, and the permutation to send
-gradients back to the original columns. The methods (see `mining.backend`):
+whatever the backend. They need the sorted values and tags, and the permutation to send
+gradients back to the original columns. The resolved backends (see `mining.backend`):
 
   * "numpy": one uint64 key per entry sorted by NumPy on the host, through a callback;
   * "xla:rank_key": one uint32 rank key per entry, two single-operand `lax.sort`s;
@@ -11,7 +11,7 @@ gradients back to the original columns. The methods (see `mining.backend`):
   * "xla:packed_key": one stable `lax.sort` of two operands, the uint32 key (value, tag) and the
     column, compared by the key alone (the form XLA:GPU can hand to CUB's radix sort).
 
-Every method gives identical results (tests check it).
+Every backend gives identical results (tests check it).
 """
 
 from __future__ import annotations
@@ -80,22 +80,21 @@ _SORTS = {
 }
 
 
-def sort_rows(values: jax.Array, tags: jax.Array, method: str) -> SortedRows:
+def sort_rows(values: jax.Array, tags: jax.Array, mining_backend: str) -> SortedRows:
   """Sorts each row of `values` by (value, tag, column). Not differentiable.
 
   Args:
     values: [..., C] float values >= 0 (distances).
     tags: [..., C] bool; among equal values, entries tagged False come first.
-    method: a resolved method, `backend.resolve_backend(...)`.
+    mining_backend: a resolved backend (`backend.resolve_backend(...)`).
 
   Returns:
     `SortedRows(values, tags, perm)`.
   """
-  if method not in _SORTS:
-    raise ValueError(f"Unknown sort method {method!r}; expected one of {sorted(_SORTS)}.")
+  backend.check_resolved(mining_backend)
   if values.shape[-1] >= 2**31:
     raise ValueError(f"Rows of {values.shape[-1]} entries are too long to sort.")
-  return _SORTS[method](canonical_distances(values), tags.astype(bool))
+  return _SORTS[mining_backend](canonical_distances(values), tags.astype(bool))
 
 
 def unsort_rows(sorted_values: jax.Array, perm: jax.Array) -> jax.Array:

@@ -7,8 +7,8 @@ custom gradient computed in sorted order as well (a running count of active pair
 negative) and sent back to the original columns with one scatter, which is cheaper than
 differentiating through the gathers.
 
-Two implementations give the same results: `mining.host` in NumPy (method "numpy", through a
-callback) and dense [C, B] passes in XLA (the "xla:*" methods); `mining.backend` decides.
+Two implementations give the same results: `mining.host` in NumPy (backend "numpy", through a
+callback) and dense [C, B] passes in XLA (the "xla:*" backends); `mining.backend` decides.
 """
 
 from __future__ import annotations
@@ -60,11 +60,11 @@ def _semihard_choice(rows: row_sort.SortedRows) -> _SemiHardChoice:
                          last_negative.astype(jnp.int32))
 
 
-def _semihard_in_xla(distances, anchor_index, labels, margin, method, with_gradient):
+def _semihard_in_xla(distances, anchor_index, labels, margin, mining_backend, with_gradient):
   """`SemiHardSums` and (optionally) d hinge_sum / d distances, with dense [C, B] XLA passes."""
   # On equal distances negatives (tag False) come first, so every negative to the right of a
   # positive is strictly farther from the anchor than the positive: TFA's strict ">".
-  rows = row_sort.sort_rows(distances, masks.block_same_class(anchor_index, labels), method)
+  rows = row_sort.sort_rows(distances, masks.block_same_class(anchor_index, labels), mining_backend)
   choice = _semihard_choice(rows)
   is_positive = masks.sorted_positive_mask(rows.tags, rows.perm, anchor_index)
   has_negative = choice.last_negative >= 0
@@ -118,28 +118,29 @@ def _semihard_on_host(distances, anchor_index, labels, margin, with_gradient):
   return SemiHardSums(*totals[:-1]), totals.gradient
 
 
-def _semihard_sums_and_gradient(distances, anchor_index, labels, margin, method,
+def _semihard_sums_and_gradient(distances, anchor_index, labels, margin, mining_backend,
                                 with_gradient):
   margin = jnp.asarray(margin, jnp.float32)
-  if method == backend.NUMPY:
+  if mining_backend == backend.NUMPY:
     return _semihard_on_host(distances, anchor_index, labels, margin, with_gradient)
-  return _semihard_in_xla(distances, anchor_index, labels, margin, method, with_gradient)
+  return _semihard_in_xla(distances, anchor_index, labels, margin, mining_backend,
+                          with_gradient)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _semihard_sums(distances, anchor_index, labels, margin, method):
-  return _semihard_sums_and_gradient(distances, anchor_index, labels, margin, method,
+def _semihard_sums(distances, anchor_index, labels, margin, mining_backend):
+  return _semihard_sums_and_gradient(distances, anchor_index, labels, margin, mining_backend,
                                      with_gradient=False)[0]
 
 
-def _semihard_sums_forward(distances, anchor_index, labels, margin, method):
+def _semihard_sums_forward(distances, anchor_index, labels, margin, mining_backend):
   sums, gradient = _semihard_sums_and_gradient(distances, anchor_index, labels, margin,
-                                               method, with_gradient=True)
+                                               mining_backend, with_gradient=True)
   return sums, (gradient, sums.num_active)
 
 
-def _semihard_sums_backward(method, residuals, cotangents):
-  del method
+def _semihard_sums_backward(mining_backend, residuals, cotangents):
+  del mining_backend
   gradient, num_active = residuals
   g = cotangents.hinge_sum
   return g * gradient, None, None, g * num_active.astype(jnp.float32)
@@ -149,7 +150,7 @@ _semihard_sums.defvjp(_semihard_sums_forward, _semihard_sums_backward)
 
 
 def semihard_sums(distances: jax.Array, anchor_index: jax.Array, labels: jax.Array,
-                  margin: jax.Array, method: str) -> SemiHardSums:
+                  margin: jax.Array, mining_backend: str) -> SemiHardSums:
   """Sums of the semi-hard hinge over the ordered positive pairs of some anchors (TFA semantics).
 
   For anchor i and positive j: the nearest negative k with D[i, k] > D[i, j] (strictly); if
@@ -163,9 +164,9 @@ def semihard_sums(distances: jax.Array, anchor_index: jax.Array, labels: jax.Arr
     anchor_index: [C] int32 example index of each anchor row; -1 marks a padding row.
     labels: [B] integer labels of all examples.
     margin: float32 scalar margin.
-    method: where and how to mine, `backend.resolve_backend(...)`.
+    mining_backend: where and how to mine, a resolved backend (`backend.resolve_backend`).
   """
   # Inside shard_map a margin shared by the devices is typed as varying here, so that JAX sums
   # its gradient (this device's sums' share) over the devices.
   margin = shards.vary_like(margin, distances)
-  return _semihard_sums(distances, anchor_index, labels, margin, method)
+  return _semihard_sums(distances, anchor_index, labels, margin, mining_backend)

@@ -53,7 +53,8 @@ def differences(recorded: dict, current: dict) -> dict[str, tuple[Any, Any]]:
   """Dotted key -> (recorded value, current value) for every key whose value differs."""
   old, new = flatten(recorded), flatten(current)
   return {key: (old.get(key, _MISSING), new.get(key, _MISSING))
-          for key in sorted(set(old) | set(new)) if old.get(key, _MISSING) != new.get(key, _MISSING)}
+          for key in sorted(set(old) | set(new))
+          if old.get(key, _MISSING) != new.get(key, _MISSING)}
 
 
 def is_fixed(key: str) -> bool:
