@@ -48,7 +48,7 @@ FULL = {"batch_sizes": (1024, 2048, 4096, 8192, 16384), "dim": 128, "repeats": 5
         "scaling_batch_size": 4096, "scaling_train_batch_size": 256,
         "scaling_model": "hsu_cnn", "scaling_image_shape": (28, 28, 1),
         "scaling_devices": None, "scaling_train_scopes": ("global", "replicated", "local"),
-        "train_batch_size": 256, "train_epochs": 2, "train_seconds": 45.0,
+        "train_batch_size": 256, "train_epochs": 2, "train_seconds": 30.0,
         "max_train": None, "max_test": None}
 SMOKE = {"batch_sizes": (64,), "dim": 16, "repeats": 2, "scaling_batch_size": 64,
          "scaling_train_batch_size": 32, "scaling_model": "tfa_cnn",
@@ -193,10 +193,12 @@ def part_training(settings: dict) -> None:
   recipe = ({"model_name": "hsu_cnn", "model_options": {"batch_norm": True, "dropout_rate": 0.0},
              "margin": 0.2, "learning_rate": 3e-3} if dataset.name == "fashion_mnist" else
             {"model_name": "tfa_cnn", "margin": 0.5, "learning_rate": 2e-3})
+  emit({"stage": "data", "dataset": dataset.name, "source": source})
   result = small_training.train(dataset, mesh, epochs=settings["train_epochs"],
                                 batch_size=batch_size, max_seconds=settings["train_seconds"],
-                                **recipe)
-  emit({"dataset": dataset.name, "source": source, "train_examples": len(dataset.train.labels),
+                                on_progress=emit, **recipe)
+  emit({"stage": "done", "dataset": dataset.name, "source": source,
+        "train_examples": len(dataset.train.labels),
         "test_examples": len(dataset.test.labels), "batch_size": batch_size,
         "devices": jax.device_count(), "model": recipe["model_name"], **result})
 
@@ -313,7 +315,21 @@ def _scaling_table(items):
   return lines
 
 
-_PART_TABLES = {"miners": _miners_table, "scaling": _scaling_table}
+def _training_table(items):
+  done = [item for item in items if item.get("stage") == "done"]
+  if not done:
+    return _json_lines(items)
+  item = done[0]
+  return ["| dataset | model | devices | batch | steps | training s | images/s | precision@1 "
+          "before | after |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+          f"| {item['dataset']} ({item['source']}) | {item['model']} | {item['devices']} "
+          f"| {item['batch_size']} | {item['steps']} | {_format(item['train_seconds'])} "
+          f"| {_format(item['images_per_s'], 0)} | {item['precision_at_1_before']:.4f} "
+          f"| {item['precision_at_1']:.4f} |"]
+
+
+_PART_TABLES = {"miners": _miners_table, "scaling": _scaling_table,
+                "training": _training_table}
 
 
 def parse_args(argv=None):

@@ -68,11 +68,12 @@ def sort_kernels(hlo_text: str) -> dict:
 
   Returns:
     {"xla_sorts": the operand count of each XLA `sort` instruction, "cub_sorts": the custom
-    calls whose target names CUB or a radix sort, "custom_calls": every custom-call target}.
+    calls to CUB's radix sort, "custom_calls": every custom-call target}.
   """
   operand_counts = []
   for result in _SORT.findall(hlo_text):
     operand_counts.append(len(_ARRAY.findall(result)) if result.startswith("(") else 1)
   targets = _CUSTOM_CALL_TARGET.findall(hlo_text)
-  cub = [t for t in targets if "cub" in t.lower() or "radix" in t.lower()]
+  # XLA:GPU's target is "__cub$DeviceRadixSort" (cuBLAS' "__cublas$..." is no sort).
+  cub = [t for t in targets if t.startswith("__cub$") or "radixsort" in t.lower()]
   return {"xla_sorts": operand_counts, "cub_sorts": cub, "custom_calls": sorted(set(targets))}

@@ -120,8 +120,12 @@ def embed_all(trainer: Trainer, mesh, images: np.ndarray, batch_size: int) -> np
 
 
 def train(dataset, mesh, *, epochs: int, batch_size: int, seed: int = 0,
-          max_seconds: float | None = None, **build_options) -> dict:
+          max_seconds: float | None = None, on_progress: Callable | None = None,
+          **build_options) -> dict:
   """Trains on `dataset` (a `tripletjax.app.data.datasets.Dataset`) with shuffled batches.
+
+  Args:
+    on_progress: called with a dict after the first evaluation and after every epoch.
 
   Returns:
     precision@1 of the test embeddings before and after, steps, training seconds (steps only,
@@ -129,9 +133,11 @@ def train(dataset, mesh, *, epochs: int, batch_size: int, seed: int = 0,
   """
   from tripletjax.app.data import samplers  # NumPy only.
 
+  report = on_progress or (lambda progress: None)
   trainer = build(mesh, input_shape=dataset.train.images.shape[1:], seed=seed, **build_options)
   before = precision_at_1(embed_all(trainer, mesh, dataset.test.images, batch_size),
                           dataset.test.labels)
+  report({"stage": "initial evaluation", "precision_at_1_before": before})
   sampler = samplers.ShuffledBatches(dataset.train.labels, batch_size, seed=seed)
   losses, step_seconds, compile_seconds, stopped_early = [], 0.0, None, False
   for epoch in range(epochs):
@@ -149,6 +155,8 @@ def train(dataset, mesh, *, epochs: int, batch_size: int, seed: int = 0,
       if max_seconds is not None and step_seconds > max_seconds:
         stopped_early = True
         break
+    report({"stage": f"epoch {epoch + 1}", "steps": len(losses), "train_seconds": step_seconds,
+            "first_step_with_compile_s": compile_seconds, "last_loss": losses[-1]})
     if stopped_early:
       break
   after = precision_at_1(embed_all(trainer, mesh, dataset.test.images, batch_size),

@@ -13,6 +13,11 @@ Every mined loss takes `return_stats=True` to return `(loss, stats)`, where `sta
 float32/int32 scalars describing the mining (fraction of active triplets, fallbacks, ...).
 Memory is O(B^2) throughout; on finite inputs nothing is NaN, gradients included.
 
+Every mined loss also takes `axis_name`: called inside `jax.shard_map` on one device's rows of
+a batch split over that mesh axis, it mines that device's anchors against the all-gathered
+batch and returns the loss of the whole batch (`mining.shards`; `tripletjax.sharded` wraps
+this for a mesh), with O(B^2 / N) memory per device.
+
 NaN in gives NaN out: when any embedding entry is NaN or infinite, every loss returns NaN, its
 gradient is NaN in every row, and so is every floating-point statistic (the integer counts are
 then meaningless). A miner alone would hide a diverged model: it treats a NaN distance as

@@ -81,7 +81,9 @@ def test_scaling_part_compares_the_scopes_on_two_devices(smoke):
 
 def test_training_part_trains(smoke):
   results, _ = smoke
-  (item,) = results["parts"]["training"]["items"]
+  items = results["parts"]["training"]["items"]
+  assert [i["stage"] for i in items] == ["data", "initial evaluation", "epoch 1", "done"]
+  item = items[-1]
   assert item["dataset"] in ("fashion_mnist", "digits"), item
   assert item["finite_losses"] and 0.0 <= item["precision_at_1"] <= 1.0
   expected_steps = accelerator.SMOKE["max_train"] // accelerator.SMOKE["train_batch_size"]

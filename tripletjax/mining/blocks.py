@@ -3,7 +3,8 @@
 A block miner takes the distances from C anchors to all B examples ([C, B]) and the anchors'
 indices. Small batches are one block (the whole [B, B] matrix); larger ones a `lax.scan` over
 blocks of rows whose distances are computed inside the block and recomputed in the backward
-pass (one matmul) instead of all being kept alive.
+pass (one matmul) instead of all being kept alive. With a batch split over devices
+(`shards.ShardAnchors`) the blocks cover only this device's anchors: its [B / N, B] rows.
 """
 
 from __future__ import annotations
