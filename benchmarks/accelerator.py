@@ -98,8 +98,15 @@ def part_environment(settings: dict) -> None:
   emit({"jax": jax.__version__, "backend": jax.default_backend(),
         "devices": [f"{d.platform}:{d.device_kind}" for d in devices],
         "device_count": len(devices), "python": platform_lib.python_version(),
-        "packages": {name: importlib.util.find_spec(name) is not None
-                     for name in OPTIONAL_PACKAGES}})
+        "packages": {name: _installed(name) for name in OPTIONAL_PACKAGES}})
+
+
+def _installed(name: str) -> bool:
+  """Whether the package `name` can be found (without importing it)."""
+  try:
+    return importlib.util.find_spec(name) is not None
+  except (ImportError, ValueError):
+    return False
 
 
 def part_miners(settings: dict) -> None:
@@ -209,7 +216,7 @@ def _training_data(datasets, settings: dict):
   fashion_dir = settings.get("fashion_dir") or datasets.FASHION_MNIST_DEBIAN_DIR
   if os.path.isdir(fashion_dir):
     return datasets.load_dataset("fashion_mnist", fashion_dir, seed=0, **limits), fashion_dir
-  if importlib.util.find_spec("sklearn") is not None:
+  if _installed("sklearn"):
     return (datasets.load_dataset("digits", seed=0, **limits),
             f"scikit-learn's digits ({fashion_dir} is absent)")
   return None, (f"no training data: {fashion_dir} (Fashion-MNIST) is absent and scikit-learn "
