@@ -6,16 +6,20 @@ from benchmarks import compiled
 
 # Lines in the form of XLA:GPU's optimised HLO: a sort XLA rewrote to CUB's radix sort (a
 # custom call with its scratch buffer), and one it kept (three operands).
-GPU_HLO = """
-ENTRY %main {
-  %p0 = u32[256,16384]{1,0} parameter(0)
-  %p1 = s32[256,16384]{1,0} parameter(1)
-  %custom-call.1 = (u32[256,16384]{1,0}, s32[256,16384]{1,0}, u8[8448]{0}) custom-call(%p0, %p1), custom_call_target="__cub$DeviceRadixSort", backend_config={"descending":false}
-  %sort.2 = (f32[64,64]{1,0}, s32[64,64]{1,0}, s32[64,64]{1,0}) sort(%a, %b, %c), dimensions={1}, to_apply=%compare
-  %sort.3 = u32[64,64]{1,0} sort(%d), dimensions={1}, is_stable=true, to_apply=%compare.1
-  %cublas = (f32[64,64]{1,0}, s8[0]{0}) custom-call(%x, %y), custom_call_target="__cublas$gemm"
-}
-"""
+GPU_HLO = "\n".join([
+    "ENTRY %main {",
+    "  %p0 = u32[256,16384]{1,0} parameter(0)",
+    "  %p1 = s32[256,16384]{1,0} parameter(1)",
+    "  %custom-call.1 = (u32[256,16384]{1,0}, s32[256,16384]{1,0}, u8[8448]{0}) "
+    "custom-call(%p0, %p1), custom_call_target=\"__cub$DeviceRadixSort\", "
+    "backend_config={\"descending\":false}",
+    "  %sort.2 = (f32[64,64]{1,0}, s32[64,64]{1,0}, s32[64,64]{1,0}) sort(%a, %b, %c), "
+    "dimensions={1}, to_apply=%compare",
+    "  %sort.3 = u32[64,64]{1,0} sort(%d), dimensions={1}, is_stable=true, to_apply=%compare.1",
+    "  %cublas = (f32[64,64]{1,0}, s8[0]{0}) custom-call(%x, %y), "
+    "custom_call_target=\"__cublas$gemm\"",
+    "}",
+])
 
 
 def test_sort_kernels_tells_cub_radix_sorts_from_xla_sorts():
