@@ -1,15 +1,18 @@
-"""The losses on a batch sharded over 8 devices (`tripletjax.sharded`, the losses' `axis_name`).
+"""The losses on a batch sharded over several devices.
 
-"global" mining (each device mines its own anchors against the all-gathered batch) must give
-the loss, statistics and gradient of the one-device loss on the whole batch: values and
-gradients within 1e-5, integer counts exactly. "local" mining must equal the mean of the
-per-device losses, and differ from "global". Non-finite embeddings on one device make the loss
-and every gradient row on every device NaN. The compiled global loss holds no [B, B] array on
-any device.
+The number of (fake CPU) devices is fixed when JAX starts, so the sharded programs run in a
+subprocess (`tests.subprocesses.run_on_devices`) that writes its results to a file; this
+process, with one device, checks them.
 
-Everything sharded runs in one subprocess on 8 virtual CPU devices (`devices.run_on_devices`),
-which writes its results to a file; this process (one device) computes the expectations with
-the plain losses and compares.
+On 4 devices: the losses of a batch sharded by `jit` alone, and the xla backend against the
+reference, the oracle and finite differences.
+
+On 8 devices, the mining scopes (`tripletjax.sharded`, the losses' `axis_name`): "global"
+mining (each device mines its own anchors against the all-gathered batch) must give the loss,
+statistics and gradient of the one-device loss on the whole batch: values and gradients within
+1e-5, integer counts exactly. "local" mining must equal the mean of the per-device losses, and
+differ from "global". Non-finite embeddings on one device make the loss and every gradient row
+on every device NaN. Each device's rows of the distance matrix are the one-device matrix's.
 """
 
 from __future__ import annotations
@@ -21,10 +24,176 @@ import jax
 import numpy as np
 import pytest
 
-import mining_oracle as oracle
-from devices import run_on_devices
+from tests.mining import oracle
+from tests.subprocesses import run_on_devices
 from tripletjax import losses
+from tripletjax import reference
 from tripletjax.mining import blocks
+
+
+SCRIPT = """
+    import jax, numpy as np
+    import tripletjax as tj
+    from tripletjax.app import parallel
+
+    assert jax.device_count() == 4
+    mesh = parallel.make_mesh()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8)).astype(np.float32)
+    y = rng.integers(0, 5, 64).astype(np.int32)
+    xs, ys = parallel.shard_batch(mesh, x, y)
+    assert len(xs.sharding.device_set) == 4
+    for fn in [tj.triplet_semihard_loss, tj.triplet_hard_loss, tj.batch_all_triplet_loss,
+               tj.contrastive_loss]:
+      step = jax.jit(jax.value_and_grad(fn, argnums=1))
+      (single_loss, single_grad), (sharded_loss, sharded_grad) = step(y, x), step(ys, xs)
+      np.testing.assert_allclose(float(sharded_loss), float(single_loss), rtol=1e-6)
+      np.testing.assert_allclose(np.asarray(sharded_grad), np.asarray(single_grad), atol=1e-6)
+    print("OK")
+"""
+
+
+def test_losses_over_a_sharded_global_batch_match_one_device():
+  assert run_on_devices(4, SCRIPT).strip().endswith("OK")
+
+
+# ----------------------------------------------------------------------------------------------
+# The xla backend on a batch sharded over 4 devices, against the reference and the oracle.
+
+
+MINING_SCRIPT = """
+    import functools, json, sys
+    import jax, numpy as np
+    import tripletjax as tj
+    from tripletjax.mining import blocks
+    from tripletjax.app import parallel
+
+    LOSSES = {"semihard": tj.triplet_semihard_loss, "batch_all": tj.batch_all_triplet_loss}
+    inputs_path, cases, outputs_path = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+    assert jax.device_count() == 4
+    mesh = parallel.make_mesh()
+    inputs, outputs = np.load(inputs_path), {}
+    for case in cases:
+      name = case["name"]
+      blocks.BLOCK_ENTRIES = case["block_entries"]  # Read while tracing the new jit below.
+      loss_fn = functools.partial(LOSSES[case["variant"]], metric=case["metric"],
+                                  return_stats=True, mining_backend="xla")
+      step = jax.jit(jax.value_and_grad(lambda e, y, m: loss_fn(y, e, margin=m), has_aux=True))
+      embeddings, labels = parallel.shard_batch(mesh, inputs[case["batch"] + "/embeddings"],
+                                             inputs[case["batch"] + "/labels"])
+      # Each device holds its own quarter of the rows.
+      outputs[name + "/devices"] = len(embeddings.sharding.device_set)
+      outputs[name + "/shard_rows"] = np.array(
+          [[shard.index[0].start, shard.index[0].stop, shard.device.id]
+           for shard in embeddings.addressable_shards])
+      for margin in case["margins"]:
+        (loss, stats), gradient = step(embeddings, labels, np.float32(margin))
+        key = f"{name}/{margin}"
+        outputs[key + "/loss"] = np.asarray(loss)
+        outputs[key + "/gradient"] = np.asarray(gradient)
+        for stat, value in stats.items():
+          outputs[f"{key}/stats/{stat}"] = np.asarray(value)
+    np.savez(outputs_path, **outputs)
+"""
+
+SHARDED_MARGINS = (0.2, 1.0)
+
+
+def _separated_batch():
+  """[8, 3] embeddings whose mining decisions and hinges stay put within a 1e-4 step.
+
+  In every row all distances differ from each other, from 0, and (shifted by the margin 1.0)
+  from each other by more than 0.01, so central differences of the reference are its gradient.
+  """
+  for seed in range(10_000):
+    embeddings = np.random.default_rng(seed).normal(size=(8, 3)).astype(np.float32)
+    distances = reference.pairwise_distances(embeddings)
+    separated = True
+    for row, keep in zip(distances, ~np.eye(8, dtype=bool)):
+      values = row[keep]
+      gaps = np.abs(values[:, None] - values[None, :])[~np.eye(7, dtype=bool)]
+      separated &= gaps.min() > 0.01 and values.min() > 0.01
+      separated &= np.abs(values[:, None] - values[None, :] + 1.0).min() > 0.01
+    if separated:
+      return np.array([0, 0, 0, 1, 1, 2, 2, 3], np.int32), embeddings
+  raise AssertionError("no separated batch found")
+
+
+def _mining_cases():
+  """(inputs, cases): the batches and, per case, what the subprocess runs on them."""
+  rng = np.random.default_rng(64)
+  grid_labels = rng.integers(0, 5, size=64).astype(np.int32)
+  separated_labels, separated = _separated_batch()
+  inputs = {"grid/labels": grid_labels, "grid/embeddings": oracle.integer_grid(rng, 64),
+            "separated/labels": separated_labels, "separated/embeddings": separated}
+  cases = []
+  for variant in ("semihard", "batch_all"):
+    cases.append({"name": f"{variant}-l2", "variant": variant, "metric": "l2",
+                  "batch": "grid", "margins": SHARDED_MARGINS, "block_entries": 2048**2})
+    # 24 anchor rows per block: 3 blocks, the last with 8 padding rows.
+    cases.append({"name": f"{variant}-blocks", "variant": variant, "metric": "l2",
+                  "batch": "grid", "margins": SHARDED_MARGINS, "block_entries": 64 * 24})
+    cases.append({"name": f"{variant}-separated", "variant": variant, "metric": "l2",
+                  "batch": "separated", "margins": (1.0,), "block_entries": 2048**2})
+  return inputs, cases
+
+
+@pytest.fixture(scope="module")
+def sharded_mining(tmp_path_factory):
+  inputs, cases = _mining_cases()
+  folder = tmp_path_factory.mktemp("sharded_mining")
+  np.savez(folder / "inputs.npz", **inputs)
+  run_on_devices(4, MINING_SCRIPT, str(folder / "inputs.npz"), json.dumps(cases),
+                 str(folder / "outputs.npz"))
+  outputs = np.load(folder / "outputs.npz")
+  return inputs, cases, {key: outputs[key] for key in outputs.files}
+
+
+def _result(outputs, name, margin):
+  prefix = f"{name}/{margin}/stats/"
+  stats = {key[len(prefix):]: value for key, value in outputs.items() if key.startswith(prefix)}
+  return (outputs[f"{name}/{margin}/loss"], stats), outputs[f"{name}/{margin}/gradient"]
+
+
+def test_xla_backend_on_4_devices_matches_reference_and_oracle(sharded_mining):
+  inputs, cases, outputs = sharded_mining
+  for case in cases:
+    name = case["name"]
+    assert outputs[name + "/devices"] == 4, name
+    batch = len(inputs[case["batch"] + "/labels"])
+    rows = outputs[name + "/shard_rows"]
+    assert sorted(rows[:, 2]) == [0, 1, 2, 3], name
+    quarter = batch // 4
+    np.testing.assert_array_equal(rows[:, :2], [[d * quarter, (d + 1) * quarter]
+                                                for d in rows[:, 2]], err_msg=name)
+    if case["batch"] != "grid":
+      continue
+    for margin in case["margins"]:
+      oracle.assert_matches(case["variant"], _result(outputs, name, margin),
+                            inputs["grid/labels"], inputs["grid/embeddings"], margin,
+                            case["metric"], f"{name} margin={margin} on 4 devices")
+
+
+def test_xla_backend_on_4_devices_has_the_finite_difference_gradient(sharded_mining):
+  inputs, cases, outputs = sharded_mining
+  labels, embeddings = inputs["separated/labels"], inputs["separated/embeddings"]
+  for case in cases:
+    if case["batch"] != "separated":
+      continue
+    (loss, stats), gradient = _result(outputs, case["name"], 1.0)
+    reference_loss = lambda x, fn=oracle.REFERENCE[case["variant"]]: fn(labels, x, margin=1.0)
+    expected_loss, expected_stats = oracle.REFERENCE[case["variant"]](
+        labels, embeddings, margin=1.0, return_stats=True)
+    np.testing.assert_allclose(float(loss), expected_loss, rtol=1e-5, err_msg=case["name"])
+    for key in oracle.COUNTS[case["variant"]]:
+      assert float(stats[key]) == expected_stats[key], (case["name"], key)
+    expected = oracle.central_differences(reference_loss, embeddings.astype(np.float64))
+    assert np.abs(expected).max() > 1e-2, "the batch should have active terms"
+    np.testing.assert_allclose(gradient, expected, rtol=1e-3, atol=1e-5, err_msg=case["name"])
+
+# ----------------------------------------------------------------------------------------------
+# The mining scopes on 8 devices, against the plain losses on one device.
+
 
 NUM_DEVICES = 8
 BATCH = 64  # 8 rows per device.
@@ -156,10 +325,10 @@ def sharded_results(inputs: dict, cases: list[dict]) -> dict[str, np.ndarray]:
   return outputs
 
 
-SCRIPT = """
+SCOPES_SCRIPT = """
     import json, sys
     import numpy as np
-    from test_losses_sharded import sharded_results
+    from tests.test_losses_sharded import sharded_results
 
     inputs = dict(np.load(sys.argv[1]))
     np.savez(sys.argv[3], **sharded_results(inputs, json.loads(sys.argv[2])))
@@ -167,17 +336,17 @@ SCRIPT = """
 
 
 @pytest.fixture(scope="module")
-def sharded(tmp_path_factory):
+def sharded_scopes(tmp_path_factory):
   inputs, cases = make_inputs(), make_cases()
   folder = tmp_path_factory.mktemp("losses_sharded")
   np.savez(folder / "inputs.npz", **inputs)
-  run_on_devices(NUM_DEVICES, SCRIPT, str(folder / "inputs.npz"), json.dumps(cases),
+  run_on_devices(NUM_DEVICES, SCOPES_SCRIPT, str(folder / "inputs.npz"), json.dumps(cases),
                  str(folder / "outputs.npz"))
   outputs = np.load(folder / "outputs.npz")
   return inputs, cases, {key: outputs[key] for key in outputs.files}
 
 
-def _result(outputs, case, run):
+def _scope_result(outputs, case, run):
   prefix = f"{case['name']}/{run}/"
   stats = {key[len(prefix + 'stats/'):]: value for key, value in outputs.items()
            if key.startswith(prefix + "stats/")}
@@ -234,8 +403,9 @@ def _assert_equal(got, expected, what):
 
 
 @pytest.mark.parametrize("metric", ["l2", "angular"])
-def test_each_device_computes_its_rows_of_the_one_device_distance_matrix(sharded, metric):
-  _, _, outputs = sharded
+def test_each_device_computes_its_rows_of_the_one_device_distance_matrix(sharded_scopes,
+                                                                         metric):
+  _, _, outputs = sharded_scopes
   got, expected = outputs[f"distances/{metric}"], outputs[f"distances/{metric}/one_device"]
   # Bit for bit: each device takes its anchors' squared norms from its block of the Gram
   # matrix, as the one-device matrix takes them from its diagonal (XLA:CPU computes a row of
@@ -246,8 +416,8 @@ def test_each_device_computes_its_rows_of_the_one_device_distance_matrix(sharded
     assert got[2, 50] == got[50, 2] == got[11, 12] == got[12, 11] == 0.0
 
 
-def test_the_subprocess_ran_every_case_on_8_devices(sharded):
-  _, cases, outputs = sharded
+def test_the_subprocess_ran_every_case_on_8_devices(sharded_scopes):
+  _, cases, outputs = sharded_scopes
   assert int(outputs["devices"]) == NUM_DEVICES
   for case in cases:
     for margin in MARGINS:
@@ -255,14 +425,14 @@ def test_the_subprocess_ran_every_case_on_8_devices(sharded):
 
 
 @pytest.mark.parametrize("scope", ["global", "replicated"])
-def test_global_mining_on_8_devices_equals_one_device(sharded, scope, monkeypatch):
-  inputs, cases, outputs = sharded
+def test_global_mining_on_8_devices_equals_one_device(sharded_scopes, scope, monkeypatch):
+  inputs, cases, outputs = sharded_scopes
   checked = set()
   for case in cases:
     if case["scope"] != scope:
       continue
     for margin in MARGINS:
-      got = _result(outputs, case, f"margin{margin}")
+      got = _scope_result(outputs, case, f"margin{margin}")
       expected = _expected(case, inputs, margin, monkeypatch)
       _assert_equal(got, expected, f"{case['name']} margin={margin}")
       # Not a comparison of zeros: the batch has active triplets in every case.
@@ -272,29 +442,30 @@ def test_global_mining_on_8_devices_equals_one_device(sharded, scope, monkeypatc
     assert checked == set(VARIANTS)
 
 
-def test_local_mining_is_the_mean_of_per_device_losses_and_not_global(sharded, monkeypatch):
-  inputs, cases, outputs = sharded
-  global_losses = {case["variant"]: _result(outputs, case, "margin1.0")[0] for case in cases
-                   if case["scope"] == "global" and case["name"].endswith(
+def test_local_mining_is_the_mean_of_per_device_losses_and_not_global(sharded_scopes,
+                                                                      monkeypatch):
+  inputs, cases, outputs = sharded_scopes
+  global_losses = {case["variant"]: _scope_result(outputs, case, "margin1.0")[0]
+                   for case in cases if case["scope"] == "global" and case["name"].endswith(
                        f"random-l2-global-{ONE_BLOCK}-outside")}
   local_cases = [case for case in cases if case["scope"] == "local"]
   assert len(local_cases) == 2
   for case in local_cases:
     for margin in MARGINS:
-      got = _result(outputs, case, f"margin{margin}")
+      got = _scope_result(outputs, case, f"margin{margin}")
       _assert_equal(got, _expected(case, inputs, margin, monkeypatch),
                     f"{case['name']} margin={margin}")
-    assert abs(float(_result(outputs, case, "margin1.0")[0])
+    assert abs(float(_scope_result(outputs, case, "margin1.0")[0])
                - float(global_losses[case["variant"]])) > 1e-3, case["name"]
 
 
-def test_nonfinite_embeddings_on_one_device_give_nan_everywhere(sharded):
-  _, cases, outputs = sharded
+def test_nonfinite_embeddings_on_one_device_give_nan_everywhere(sharded_scopes):
+  _, cases, outputs = sharded_scopes
   poisoned = [case for case in cases if case["nonfinite"]]
   assert {case["scope"] for case in poisoned} == {"global", "local"}
   for case in poisoned:
     for bad in ("nan", "inf"):
-      loss, stats, gradient = _result(outputs, case, bad)
+      loss, stats, gradient = _scope_result(outputs, case, bad)
       what = f"{case['name']} with {bad}"
       assert np.isnan(loss), what
       assert gradient.shape == (BATCH, 8) and np.all(np.isnan(gradient)), what

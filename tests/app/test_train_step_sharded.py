@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from devices import run_on_devices
+from tests.subprocesses import run_on_devices
 from tripletjax import losses
 
 NUM_DEVICES = 8
@@ -81,8 +81,7 @@ def train_step_programs(batch_size: int) -> dict[str, np.ndarray]:
 SCRIPT = """
     import sys
     import numpy as np
-    sys.path.insert(0, "tests/app")
-    from test_train_step_sharded import train_step_programs
+    from tests.app.test_train_step_sharded import train_step_programs
 
     np.savez(sys.argv[1], **train_step_programs(int(sys.argv[2])))
 """

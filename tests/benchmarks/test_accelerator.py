@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from benchmarks import accelerator
-from conftest import skip_unless_ci
-from devices import REPO
+from tests.conftest import skip_unless_ci
+from tests.subprocesses import REPO
 from tripletjax.app.data import datasets
 
 SORTS = {"xla:rank_key": [1, 1], "xla:three_keys": [3], "xla:packed_key": [2]}

@@ -40,7 +40,7 @@ STATS_LOSSES = {
 }
 
 
-# The losses that mine in blocks of anchor rows when the batch is large (`losses._BLOCK_ENTRIES`).
+# The losses that mine in blocks of anchor rows when the batch is large (`blocks.BLOCK_ENTRIES`).
 BLOCK_LOSSES = ("semihard-numpy", "semihard-xla", "batch_all-numpy", "batch_all-xla", "hard",
                 "hard-soft")
 # (name, path): every loss on the one-block path, the block losses also on the block path.

@@ -2,54 +2,17 @@
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import os
-import struct
 import sys
 
 import numpy as np
 import pytest
 
+from tests.app.data.idx_files import (HEIGHT, NUM_TEST, NUM_TRAIN, WIDTH, fake_images,
+                                      idx_bytes, write_file, write_idx_dataset)
+from tripletjax.app import errors
 from tripletjax.app.data import datasets
-
-NUM_TRAIN, NUM_TEST, HEIGHT, WIDTH = 7, 3, 5, 4
-
-
-def idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:
-  """The bytes of an IDX file holding `array` (the format written out, independently)."""
-  big_endian = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-  header = struct.pack(">HBB", 0, type_code, array.ndim)
-  header += struct.pack(f">{array.ndim}I", *array.shape)
-  return header + array.astype(big_endian[type_code]).tobytes()
-
-
-def write_file(path, content: bytes, compress: bool) -> str:
-  path = str(path) + (".gz" if compress else "")
-  with (gzip.open(path, "wb") if compress else open(path, "wb")) as f:
-    f.write(content)
-  return path
-
-
-def fake_images(count: int, offset: int = 0) -> np.ndarray:
-  """Distinct uint8 images [count, 5, 4] covering 0..255."""
-  values = (np.arange(count * HEIGHT * WIDTH) * 7 + offset) % 256
-  values[0] = 255  # Make sure the maximum is there: it must scale to exactly 1.
-  return values.reshape(count, HEIGHT, WIDTH).astype(np.uint8)
-
-
-def write_idx_dataset(folder, compress=(True, True, False, False), num_train=NUM_TRAIN,
-                      num_test=NUM_TEST) -> dict[str, np.ndarray]:
-  """Writes the four IDX files (gzip-compressed or not, per file) into `folder`."""
-  arrays = {
-      "train-images-idx3-ubyte": fake_images(num_train),
-      "train-labels-idx1-ubyte": np.arange(num_train, dtype=np.uint8) % 10,
-      "t10k-images-idx3-ubyte": fake_images(num_test, offset=3),
-      "t10k-labels-idx1-ubyte": (np.arange(num_test, dtype=np.uint8) + 5) % 10,
-  }
-  for (name, array), gz in zip(arrays.items(), compress):
-    write_file(os.path.join(folder, name), idx_bytes(array), gz)
-  return arrays
 
 
 # --- the IDX parser ----------------------------------------------------------------------------
@@ -116,6 +79,52 @@ def test_read_idx_rejects_a_truncated_gzip_file(tmp_path):
     f.write(content[:len(content) // 2])
   with pytest.raises(ValueError, match="truncated gzip"):
     datasets.read_idx(path)
+
+
+# --- files that are not IDX files: one line for the user (errors.DataError) --------------------
+
+
+def test_labels_file_with_a_wrong_dimension_count_is_not_an_idx_file():
+  # A labels file whose header says 3 dimensions: the "shape" runs into the labels, and the
+  # size it implies overflowed int64 before (a negative number of bytes).
+  content = idx_bytes(np.tile(np.array([9, 2, 1, 1], np.uint8), 2500), num_dims=3)
+  with pytest.raises(errors.DataError) as error:
+    datasets.parse_idx(content, "t10k-labels-idx1-ubyte")
+  message = str(error.value)
+  assert message.startswith("t10k-labels-idx1-ubyte: not an IDX file (inconsistent header")
+  assert "-" not in message.split("needs")[1].split("bytes")[0]  # No negative size.
+
+
+@pytest.mark.parametrize("content, why", [
+    (b"\x01\x00\x08\x01\x00\x00\x00\x01\x07", "bad IDX magic number 0x01000801"),
+    (b"\x1f\x8b\x08\x00\x00\x00\x00\x00", "gzip-compressed: its name must end in .gz"),
+    (b"PK\x03\x04" + bytes(20), "bad IDX magic number 0x504b0304"),
+    (idx_bytes(np.zeros(3, np.uint8)) + b"\x00", "inconsistent header"),
+], ids=["magic", "gzip", "zip", "too_long"])
+def test_not_an_idx_file(content, why):
+  with pytest.raises(errors.DataError) as error:
+    datasets.parse_idx(content, "some/file")
+  assert str(error.value).startswith("some/file: not an IDX file (") and why in str(error.value)
+
+
+def test_truncated_idx_file_says_so():
+  content = idx_bytes(np.zeros((4, 8, 8), np.uint8))
+  with pytest.raises(errors.DataError, match="f: truncated IDX file, 100 bytes where shape "
+                     r"\(4, 8, 8\) of uint8 needs 272"):
+    datasets.parse_idx(content[:100], "f")
+
+
+def test_unreadable_idx_path_is_a_data_error(tmp_path):
+  with pytest.raises(errors.DataError, match="cannot read it"):
+    datasets.read_idx(str(tmp_path))  # A folder.
+
+
+def test_missing_data_is_a_user_error_and_still_a_file_not_found_error(tmp_path):
+  with pytest.raises(errors.DataNotFoundError) as error:
+    datasets.load_dataset("mnist", str(tmp_path / "absent"))
+  assert isinstance(error.value, FileNotFoundError) and isinstance(error.value, errors.UserError)
+  with pytest.raises(errors.DataError, match="Unknown dataset 'imagenet'"):
+    datasets.load_dataset("imagenet")
 
 
 # --- IDX datasets (mnist, fashion_mnist with data_dir) -----------------------------------------

@@ -1,8 +1,9 @@
-"""Runs that are stopped and started again: preemption, kill -9, other device counts, checkpoints
-that cannot be read, a changed config and steps that go non-finite.
+"""Runs that are stopped and started again: preemption, kill -9, other device counts, a changed
+checkpoint, a run that diverged.
 
 The in-process tests stop a run at a chosen step (deterministic); the subprocess tests send real
-signals to `python -m tripletjax.main` on several CPU devices.
+signals to `python -m tripletjax.main` on several CPU devices. Unreadable checkpoints:
+`tests/app/test_checkpointing.py`; a changed config: `tests/app/config/test_resume.py`.
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ import jax
 import numpy as np
 import pytest
 
-from tripletjax.app.data import augmentations
+from tests.app.runs import main_args, read_jsonl, run_digits, tiny_config
+from tests.subprocesses import REPO
 from tripletjax.app import checkpointing
+from tripletjax.app import parallel
 from tripletjax.app import preemption
 from tripletjax.app import train
-from tests.test_train import read_jsonl, tiny_config
-from tripletjax.app import parallel
 from tripletjax.app import train_step
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 TIMING_KEYS = {"train_seconds", "epoch_seconds"}
 
 
@@ -91,6 +92,32 @@ def balanced_config(**overrides):
 
 
 @pytest.mark.slow
+def test_resume_continues_the_same_curve(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # Relative workdirs, as on the command line.
+  tmp_path = tmp_path.relative_to(tmp_path)
+  config = tiny_config(num_epochs=3)
+  full = tmp_path / "full"
+  train.train_and_evaluate(config, str(full))
+
+  # Interrupted after one epoch: same config with one epoch, then the full run in the same
+  # workdir resumes from its checkpoint. A crashed run also leaves log lines past the last
+  # checkpoint (and maybe a truncated one): they must be dropped on resume.
+  partial = tmp_path / "partial"
+  train.train_and_evaluate(tiny_config(num_epochs=1), str(partial))
+  with open(partial / "metrics.jsonl", "a") as f:
+    f.write(json.dumps({"step": 999, "loss": 123.0}) + "\n" + '{"step": 1000, "lo')
+  resumed = train.train_and_evaluate(config, str(partial))
+
+  expected = read_jsonl(full / "metrics.jsonl")
+  got = read_jsonl(partial / "metrics.jsonl")
+  assert [r["step"] for r in got] == [r["step"] for r in expected]
+  np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in expected],
+                             rtol=1e-5)
+  final = json.loads((full / "eval.json").read_text())
+  assert resumed["precision_at_1"] == pytest.approx(final["precision_at_1"], abs=1e-6)
+
+
+@pytest.mark.slow
 def test_preempted_mid_epoch_resumes_with_the_same_curve(tmp_path, monkeypatch):
   config = balanced_config()
   steps_per_epoch = 400 // 64
@@ -140,65 +167,14 @@ def test_a_changed_checkpoint_changes_the_resumed_run(tmp_path, monkeypatch):
   assert resumed["map_at_r"] != full["map_at_r"]
 
 
-@pytest.mark.slow
-def test_nonfinite_step_stops_the_run_or_is_skipped(tmp_path, monkeypatch):
-  # A NaN pixel in the batches of two chosen steps (global steps 4 and 8, 6 steps per epoch).
-  bad_steps = {(0, 3), (1, 1)}
-  augment = augmentations.augment
-
-  def poisoned(images, kind, *, seed, epoch, step, **kwargs):
-    images = augment(images, kind, seed=seed, epoch=epoch, step=step, **kwargs).copy()
-    if (epoch, step) in bad_steps:
-      images[0, 0, 0, 0] = np.nan
-    return images
-  monkeypatch.setattr(augmentations, "augment", poisoned)
-  config = tiny_config(num_epochs=2, **{"export.pca_every_eval": False})
-  with pytest.raises(train.NonFiniteStep, match="training step 4 .*non-finite"):
-    train.train_and_evaluate(config, str(tmp_path / "stop"))
-  assert not os.listdir(tmp_path / "stop" / "checkpoints")  # Nothing after a bad step.
-
-  # With skip_nonfinite the run skips those two steps, counts them and stays finite.
-  config.optimizer.skip_nonfinite = True
-  final = train.train_and_evaluate(config, str(tmp_path / "skip"))
-  assert final["skipped_steps"] == 2
-  assert np.isfinite(final["precision_at_1"]) and final["precision_at_1"] > 0.3
-  records = read_jsonl(tmp_path / "skip" / "metrics.jsonl")
-  assert [r["skipped_steps"] for r in records] == [0, 1, 1, 2, 2, 2]  # Logged every 2 steps.
-
-
 # ----------------------------------------------------------------------------------------------
 # Real signals to `python -m tripletjax.main` on several CPU devices.
-
-MAIN_ARGS = ["--config=configs/digits.py", "--config.data.max_train=512",
-             "--config.data.max_test=200", "--config.batch.batch_size=64",
-             "--config.num_epochs=12", "--config.eval_every_epochs=4",
-             "--config.checkpoint_every_epochs=1", "--config.log_every_steps=3",
-             "--config.quiet=True", "--config.export.pca_every_eval=False"]
-
-
-def main_command(workdir, devices: int, *extra) -> list[str]:
-  return [sys.executable, "-m", "tripletjax.main", *MAIN_ARGS, *extra,
-          f"--cpu_devices={devices}", f"--workdir={workdir}"]
-
-
-@pytest.fixture(scope="session")
-def main_env(tmp_path_factory):
-  """The environment of the main processes: a compilation cache shared by the test runs."""
-  cache = tmp_path_factory.getbasetemp().parent / "jax-compilation-cache"
-  return {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache),
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-
-
-def run_main(env, workdir, devices: int = 2, *extra) -> subprocess.CompletedProcess:
-  return subprocess.run(main_command(workdir, devices, *extra), cwd=REPO, capture_output=True,
-                        text=True, timeout=300, env=env)
 
 
 def start_and_signal(env, workdir, devices: int, signal_number: int, *, when) -> subprocess.Popen:
   """Starts main, sends `signal_number` as soon as `when(workdir)` holds, waits for the end."""
-  process = subprocess.Popen(main_command(workdir, devices), cwd=REPO, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env)
+  process = subprocess.Popen([sys.executable, *main_args(workdir, devices)], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
   deadline = time.time() + 240
   while not when(str(workdir)) and process.poll() is None and time.time() < deadline:
     time.sleep(0.002)
@@ -215,13 +191,14 @@ def logged_steps(workdir: str) -> int:
 @pytest.fixture(scope="module")
 def uninterrupted_run(tmp_path_factory, main_env):
   workdir = tmp_path_factory.mktemp("uninterrupted") / "run"
-  result = run_main(main_env, workdir)
+  result = run_digits(main_env, workdir)
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir
 
 
 @pytest.mark.slow
-def test_sigterm_checkpoints_the_exact_step_and_resumes_identically(tmp_path, main_env, uninterrupted_run):
+def test_sigterm_checkpoints_the_exact_step_and_resumes_identically(tmp_path, main_env,
+                                                                     uninterrupted_run):
   workdir = tmp_path / "run"
   process = start_and_signal(main_env, workdir, 2, signal.SIGTERM,
                              when=lambda w: logged_steps(w) >= 7)
@@ -231,7 +208,7 @@ def test_sigterm_checkpoints_the_exact_step_and_resumes_identically(tmp_path, ma
   step = int(process.stderr_text.split("stopped after step ")[1].split()[0])
   assert os.path.isdir(workdir / "checkpoints" / str(step))
 
-  resumed = run_main(main_env, workdir)
+  resumed = run_digits(main_env, workdir)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"Resuming from the checkpoint of step {step}" in resumed.stdout
   assert_same_run(uninterrupted_run, workdir)
@@ -257,7 +234,7 @@ def test_kill_9_resumes_identically(tmp_path, main_env, uninterrupted_run, momen
   process = start_and_signal(main_env, workdir, 2, signal.SIGKILL, when=when)
   assert process.returncode == -signal.SIGKILL
 
-  resumed = run_main(main_env, workdir)
+  resumed = run_digits(main_env, workdir)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert_same_run(uninterrupted_run, workdir)
 
@@ -268,7 +245,7 @@ def test_resume_on_a_different_number_of_devices(tmp_path, main_env):
   process = start_and_signal(main_env, workdir, 2, signal.SIGTERM,
                              when=lambda w: logged_steps(w) >= 5)
   assert process.returncode == 128 + signal.SIGTERM, process.stderr_text[-3000:]
-  resumed = run_main(main_env, workdir, 1)
+  resumed = run_digits(main_env, workdir, 1)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "on 1 cpu device(s)" in resumed.stdout and "Resuming from the checkpoint" in resumed.stdout
   with open(workdir / "eval.json") as f:
@@ -276,75 +253,14 @@ def test_resume_on_a_different_number_of_devices(tmp_path, main_env):
   assert final["steps"] == 12 * (512 // 64) and 0.5 < final["precision_at_1"] <= 1.0
 
 
-def corrupt_checkpoint(path, how: str) -> None:
-  files = sorted(os.path.join(root, name) for root, _, names in os.walk(os.path.join(path, "state"))
-                 for name in names)
-  assert files, path
-  if how == "delete":
-    for name in files:
-      os.remove(name)
-  else:  # Truncate every data file to half its size.
-    for name in files:
-      with open(name, "r+b") as f:
-        f.truncate(os.path.getsize(name) // 2)
-
-
-@pytest.mark.slow
-def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, main_env):
-  workdir = tmp_path / "run"
-  first = run_main(main_env, workdir, 2, "--config.num_epochs=2")
-  assert first.returncode == 0, first.stderr[-3000:]
-  steps = sorted(int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit())
-  assert steps == [8, 16]
-  corrupt_checkpoint(workdir / "checkpoints" / "16", "truncate")
-
-  resumed = run_main(main_env, workdir, 2, "--config.num_epochs=3")
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "checkpoints/16 is unusable" in resumed.stdout
-  assert "Resuming from the checkpoint of step 8" in resumed.stdout
-  assert os.listdir(workdir / "checkpoints" / "unusable")  # Set aside, not deleted.
-  with open(workdir / "eval.json") as f:
-    assert json.load(f)["steps"] == 24
-
-  # No usable checkpoint at all: one line, exit status 2, nothing deleted.
-  for step in (16, 24):
-    corrupt_checkpoint(workdir / "checkpoints" / str(step), "delete")
-  failed = run_main(main_env, workdir, 2, "--config.num_epochs=3")
-  assert failed.returncode == 2, failed.stderr[-3000:]
-  assert "error: no usable checkpoint" in failed.stderr
-  assert "Traceback" not in failed.stderr
-
-
-@pytest.mark.slow
-def test_resume_with_a_changed_config(tmp_path, main_env):
-  workdir = tmp_path / "run"
-  first = run_main(main_env, workdir, 2, "--config.num_epochs=1")
-  assert first.returncode == 0, first.stderr[-3000:]
-
-  changed = run_main(main_env, workdir, 2, "--config.num_epochs=1",
-                     "--config.model.embedding_dim=32")
-  assert changed.returncode == 2
-  lines = [line for line in changed.stderr.splitlines() if line.strip()]
-  assert lines[0].startswith("error: ") and "model.embedding_dim 64 -> 32" in lines[0]
-  assert "--workdir" in changed.stderr
-  for noise in ("Traceback", "Event loop is closed", "sys.meta_path"):
-    assert noise not in changed.stderr
-
-  extended = run_main(main_env, workdir, 2, "--config.num_epochs=2")
-  assert extended.returncode == 0, extended.stderr[-3000:]
-  assert "Config changes on resume: num_epochs 1 -> 2" in extended.stdout
-  with open(workdir / "eval.json") as f:
-    assert json.load(f)["steps"] == 16
-
-
 @pytest.mark.slow
 def test_diverging_run_stops_with_a_message_and_keeps_the_checkpoint(tmp_path, main_env):
   workdir = tmp_path / "run"
-  first = run_main(main_env, workdir, 2, "--config.num_epochs=1")
+  first = run_digits(main_env, workdir, 2, "--config.num_epochs=1")
   assert first.returncode == 0, first.stderr[-3000:]
   before = sorted(os.listdir(workdir / "checkpoints"))
 
-  diverged = run_main(main_env, workdir, 2, "--config.num_epochs=2",
+  diverged = run_digits(main_env, workdir, 2, "--config.num_epochs=2",
                       "--config.optimizer.learning_rate=1e30")
   assert diverged.returncode == 2, diverged.stderr[-3000:]
   assert "non-finite loss or gradient" in diverged.stderr
@@ -352,5 +268,5 @@ def test_diverging_run_stops_with_a_message_and_keeps_the_checkpoint(tmp_path, m
   assert "Traceback" not in diverged.stderr
   assert sorted(os.listdir(workdir / "checkpoints")) == before
   # The checkpoint is intact: the run continues from it at a sane learning rate.
-  again = run_main(main_env, workdir, 2, "--config.num_epochs=2")
+  again = run_digits(main_env, workdir, 2, "--config.num_epochs=2")
   assert again.returncode == 0, again.stderr[-3000:]

@@ -2,14 +2,12 @@
 
 Values must match the loop reference `tripletjax.reference`, and the analytic gradients must
 match central finite differences of the reference (float64, so the differences are accurate)
-and, on batches with ties, the gradient of the tests' oracle (`mining_oracle`). The baselines
+and, on batches with ties, the gradient of the tests' oracle (`tests.mining.oracle`). The baselines
 import nothing from the package, so their agreement with it is that of two implementations.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import jax
@@ -17,25 +15,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-# `benchmarks` is not an installed package; `python -m pytest` finds it from the repository root,
-# a bare `pytest` needs the root on the path.
-_REPO_ROOT = str(Path(__file__).resolve().parent.parent)
-if _REPO_ROOT not in sys.path:
-  sys.path.insert(0, _REPO_ROOT)
-
-import mining_oracle  # noqa: E402
-from benchmarks import numpy_vectorized  # noqa: E402
-from tripletjax import losses  # noqa: E402
-from tripletjax import reference  # noqa: E402
+# `benchmarks` is not an installed package: pytest puts the repository root on the path.
+from benchmarks import numpy_vectorized
+from tests.mining import oracle
+from tripletjax import losses
+from tripletjax import reference
 
 LOSS_NAMES = ("semihard", "hard", "batch_all", "contrastive")
 
-REFERENCE_LOSSES = {
-    "semihard": reference.triplet_semihard_loss,
-    "hard": reference.triplet_hard_loss,
-    "batch_all": reference.batch_all_triplet_loss,
-    "contrastive": reference.contrastive_loss,
-}
+REFERENCE_LOSSES = reference.MINED_LOSSES
 
 
 def _batch(batch_size: int, num_classes: int, dim: int = 6, seed: int = 0):
@@ -45,20 +33,10 @@ def _batch(batch_size: int, num_classes: int, dim: int = 6, seed: int = 0):
   return labels, embeddings
 
 
-def _reference_gradient(loss_name: str, labels, embeddings, margin: float,
-                        step: float = 1e-5) -> np.ndarray:
-  """Central finite differences of the float64 reference loss."""
-  loss_fn = REFERENCE_LOSSES[loss_name]
-  point = embeddings.astype(np.float64)
-  gradient = np.zeros_like(point)
-  for index in np.ndindex(point.shape):
-    shifted = point.copy()
-    shifted[index] += step
-    above = loss_fn(labels, shifted, margin)
-    shifted[index] -= 2 * step
-    below = loss_fn(labels, shifted, margin)
-    gradient[index] = (above - below) / (2 * step)
-  return gradient
+def _reference_gradient(loss_fn, labels, embeddings, margin: float, **options) -> np.ndarray:
+  """Central finite differences of the float64 reference loss `loss_fn`."""
+  return oracle.central_differences(lambda x: loss_fn(labels, x, margin, **options),
+                                    embeddings, step=1e-5)
 
 
 # (batch size, classes, margin, seed): mixed batches, one class (no negatives), all classes
@@ -85,7 +63,7 @@ def test_gradients_match_finite_differences_of_reference(loss_name, batch_size, 
                                                         margin, seed):
   labels, embeddings = _batch(batch_size, num_classes, dim=4, seed=seed)
   _, gradient = numpy_vectorized.FORWARD_AND_BACKWARD[loss_name](labels, embeddings, margin)
-  expected = _reference_gradient(loss_name, labels, embeddings, margin)
+  expected = _reference_gradient(REFERENCE_LOSSES[loss_name], labels, embeddings, margin)
   np.testing.assert_allclose(gradient, expected, rtol=1e-3, atol=2e-5)
 
 
@@ -97,14 +75,8 @@ def test_hard_soft_matches_reference(soft):
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
   np.testing.assert_allclose(
       numpy_vectorized.triplet_hard_loss(labels, embeddings, 0.5, soft=soft), expected, rtol=1e-5)
-  step, finite_differences = 1e-5, np.zeros(embeddings.shape)
-  for index in np.ndindex(embeddings.shape):
-    shifted = embeddings.astype(np.float64)
-    shifted[index] += step
-    above = reference.triplet_hard_loss(labels, shifted, 0.5, soft=soft)
-    shifted[index] -= 2 * step
-    below = reference.triplet_hard_loss(labels, shifted, 0.5, soft=soft)
-    finite_differences[index] = (above - below) / (2 * step)
+  finite_differences = _reference_gradient(reference.triplet_hard_loss, labels, embeddings, 0.5,
+                                          soft=soft)
   np.testing.assert_allclose(gradient, finite_differences, rtol=1e-3, atol=2e-5)
 
 
@@ -127,11 +99,11 @@ def test_sorting_baselines_resolve_ties_like_the_package(loss_name):
   # which the float64 oracle of the tests implements independently.
   rng = np.random.default_rng(12)
   labels = rng.integers(0, 4, size=40).astype(np.int32)
-  embeddings = mining_oracle.integer_grid(rng, 40, dim=4)
-  distances = mining_oracle.distances(embeddings, "l2")
-  mining_oracle.check_exact_decisions(distances, [1.0])
-  mined = mining_oracle.MINERS[loss_name](labels, distances, 1.0)
-  expected = mining_oracle.embedding_gradient(embeddings, distances, mined.distance_gradient,
+  embeddings = oracle.integer_grid(rng, 40, dim=4)
+  distances = oracle.distances(embeddings, "l2")
+  oracle.check_exact_decisions(distances, [1.0])
+  mined = oracle.MINERS[loss_name](labels, distances, 1.0)
+  expected = oracle.embedding_gradient(embeddings, distances, mined.distance_gradient,
                                               "l2")
   loss, gradient = numpy_vectorized.FORWARD_AND_BACKWARD[loss_name](labels, embeddings, 1.0)
   np.testing.assert_allclose(loss, mined.loss, rtol=1e-6)
@@ -149,19 +121,12 @@ def test_no_positive_pair_gives_zero_loss_and_gradient():
     assert numpy_vectorized.FORWARD[loss_name](labels, embeddings, 1.0) == 0.0
 
 
-_JAX_LOSSES = {
-    "semihard": losses.triplet_semihard_loss,
-    "hard": losses.triplet_hard_loss,
-    "batch_all": losses.batch_all_triplet_loss,
-    "contrastive": losses.contrastive_loss,
-}
-
-
 @pytest.mark.parametrize("loss_name", LOSS_NAMES)
 def test_matches_jax_losses_on_a_larger_batch(loss_name):
   labels, embeddings = _batch(160, 10, dim=16, seed=9)
   jax_loss, jax_gradient = jax.jit(jax.value_and_grad(
-      lambda x: _JAX_LOSSES[loss_name](jnp.asarray(labels), x, 1.0)))(jnp.asarray(embeddings))
+      lambda x: losses.MINED_LOSSES[loss_name](jnp.asarray(labels), x, margin=1.0)))(
+          jnp.asarray(embeddings))
   loss, gradient = numpy_vectorized.FORWARD_AND_BACKWARD[loss_name](labels, embeddings, 1.0)
   np.testing.assert_allclose(loss, float(jax_loss), rtol=1e-5)
   np.testing.assert_allclose(gradient, np.asarray(jax_gradient), rtol=1e-3, atol=1e-6)
@@ -187,62 +152,3 @@ def test_rejects_bad_inputs():
     numpy_vectorized.contrastive_loss(labels, embeddings, margin=-1.0)
   with pytest.raises(TypeError):
     numpy_vectorized.batch_all_triplet_loss(labels.astype(np.float32), embeddings)
-
-
-def assert_case_is_consistent(case, loss_name):
-  """The figures of one benchmark case follow from its own measurements and inputs."""
-  from benchmarks import miners
-
-  for name in ("jax", "numpy"):
-    runs = case[f"{name}_runs_ms"]
-    assert 3 <= len(runs) <= 20 and min(runs) > 0, name
-    assert case[f"{name}_ms"] == pytest.approx(float(np.median(runs)), rel=1e-12), name
-  assert case["numpy_speedup"] == pytest.approx(case["numpy_ms"] / case["jax_ms"], rel=1e-12)
-  # Both losses are the reference's loss of the case's inputs.
-  labels, embeddings = miners.make_inputs(case["batch_size"], case["dim"], case["classes"])
-  expected = REFERENCE_LOSSES[loss_name](labels, embeddings, miners.MARGIN)
-  assert expected > 0.1  # Something to compare.
-  for name in ("jax_loss", "numpy_loss"):
-    np.testing.assert_allclose(case[name], expected, rtol=1e-5, err_msg=name)
-  assert case["loss_relative_difference"] == pytest.approx(
-      abs(case["jax_loss"] - case["numpy_loss"]) / abs(case["jax_loss"]), rel=1e-9, abs=1e-15)
-  if case["mode"] == "forward+backward":
-    assert case["grad_max_abs"] > 1e-3
-    assert case["grad_max_abs_difference"] <= 1e-5 * case["grad_max_abs"]
-
-
-def test_benchmark_script_runs_and_writes_json(tmp_path, capsys):
-  from benchmarks import miners
-
-  out = tmp_path / "miners.json"
-  results = miners.main(["--batch-sizes", "16", "--dims", "4", "--losses", "hard",
-                         "--memory", "xla", "--min-time", "0.001", "--out", str(out)])
-  assert json.loads(out.read_text())["cases"] == json.loads(json.dumps(results["cases"]))
-  assert [(case["mode"], case["batch_size"], case["dim"]) for case in results["cases"]] == [
-      ("forward", 16, 4), ("forward+backward", 16, 4)]
-  for case in results["cases"]:
-    assert_case_is_consistent(case, "hard")
-  forward, backward = results["cases"]
-  assert forward["reference_loss"] == pytest.approx(forward["jax_loss"], rel=1e-5)  # B <= 256
-  assert forward["reference_speedup"] == pytest.approx(
-      forward["reference_ms"] / forward["jax_ms"], rel=1e-12)
-  assert backward["reference_ms"] is None  # forward+backward: the reference has no gradient.
-  # The printed table shows the measured times.
-  assert (f"| hard | forward | 16 | 4 | {forward['jax_ms']:.1f} | "
-          f"{forward['jax_compile_s']:.2f} | {forward['numpy_ms']:.1f} | "
-          f"{forward['reference_ms']:.1f} |") in capsys.readouterr().out
-
-
-def test_benchmark_script_times_the_xla_mining_backend(tmp_path):
-  from benchmarks import miners
-
-  results = miners.main(["--batch-sizes", "16", "--dims", "4", "--losses", "semihard",
-                         "--modes", "forward+backward", "--mining-backend", "xla",
-                         "--memory", "subprocess", "--min-time", "0.001",
-                         "--out", str(tmp_path / "miners.json")])
-  assert results["config"]["mining_backend"] == "xla"
-  (case,) = results["cases"]
-  assert_case_is_consistent(case, "semihard")
-  # A child process that imported JAX and ran the case: far above an empty interpreter's 10 MB.
-  assert case["memory"]["peak_rss_mb"] > 50
-  assert case["peak_mb"] == case["memory"]["peak_rss_mb"]

@@ -7,15 +7,20 @@ import sys
 
 import pytest
 
-import conftest
+from tests import conftest
 from tripletjax.app.data import datasets
 
 
-def assert_outcome(request, fixture: str, ci: bool, reason: str):
-  """Requesting `fixture` fails (under CI) or skips (elsewhere), giving `reason`.
+def assert_outcome(request, monkeypatch, fixture: str, ci: bool, reason: str):
+  """With CI set (`ci`) or not, requesting `fixture` fails (under CI) or skips (elsewhere),
+  giving `reason`.
 
   Both outcomes are caught here: a skip that escaped would only mark this test skipped.
   """
+  if ci:
+    monkeypatch.setenv("CI", "true")
+  else:
+    monkeypatch.delenv("CI", raising=False)
   try:
     request.getfixturevalue(fixture)
   except (pytest.fail.Exception, pytest.skip.Exception) as outcome:
@@ -39,18 +44,11 @@ def test_in_ci_reads_the_environment(monkeypatch, value, expected):
 def test_missing_fashion_mnist_fails_under_ci_and_skips_elsewhere(ci, monkeypatch, request,
                                                                   tmp_path):
   monkeypatch.setattr(datasets, "FASHION_MNIST_DEBIAN_DIR", str(tmp_path / "absent"))
-  if ci:
-    monkeypatch.setenv("CI", "true")
-  else:
-    monkeypatch.delenv("CI", raising=False)
-  assert_outcome(request, "fashion_mnist_dir", ci, "absent.*apt-get install dataset-fashion-mnist")
+  assert_outcome(request, monkeypatch, "fashion_mnist_dir", ci,
+                 "absent.*apt-get install dataset-fashion-mnist")
 
 
 @pytest.mark.parametrize("ci", [True, False])
 def test_missing_tfds_fails_under_ci_and_skips_elsewhere(ci, monkeypatch, request):
   monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import raises ImportError.
-  if ci:
-    monkeypatch.setenv("CI", "true")
-  else:
-    monkeypatch.delenv("CI", raising=False)
-  assert_outcome(request, "tfds", ci, "pip install tensorflow-datasets")
+  assert_outcome(request, monkeypatch, "tfds", ci, "pip install tensorflow-datasets")

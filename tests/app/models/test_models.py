@@ -1,4 +1,8 @@
-"""Tests for the NNX embedding models in tripletjax.models."""
+"""The embedding models of `tripletjax.app.models`: what every model returns, its train and eval
+modes, its gradients; the registry and `create_model`.
+
+What a model is built of: test_cnn.py, test_resnet.py; the normalisation: test_embedding.py.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +12,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tripletjax.app.models import (MODELS, EmbeddingOutput, HsuCNN, ResNet, TFACNN, create_model,
-                               normalize_embeddings)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiling_prng():
-  # On CPU, XLA takes seconds to compile each partitionable-threefry random draw, and every
-  # parameter shape needs its own; the non-partitionable lowering compiles ~10x faster.
-  # Restored afterwards so other test modules see the default random bits.
-  previous = jax.config.jax_threefry_partitionable
-  jax.config.update("jax_threefry_partitionable", False)
-  yield
-  jax.config.update("jax_threefry_partitionable", previous)
-
-
-def _rngs(seed: int = 0) -> nnx.Rngs:
-  return nnx.Rngs(params=seed, dropout=seed + 1)
-
+from tests.app.models import helpers
+from tripletjax.app.models import (MODELS, EmbeddingOutput, HsuCNN, ResNet, TFACNN,
+                                   create_model)
 
 BATCH_SIZE = 4  # one batch size everywhere, so each jitted function compiles once per model.
 
@@ -34,10 +23,6 @@ def _images(input_shape, seed: int = 0, mean: float = 0.0, std: float = 1.0) -> 
   # NumPy, not jax.numpy: on CPU every new shape of an eager JAX op costs an XLA compile.
   images = np.random.default_rng(seed).normal(mean, std, (BATCH_SIZE, *input_shape))
   return jnp.asarray(images, jnp.float32)
-
-
-def _num_params(model: nnx.Module) -> int:
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
 @nnx.jit
@@ -77,7 +62,7 @@ GRADIENT_CASES = ["tfa_cnn_28x28", "hsu_cnn_28x28", "resnet_small_stem_28x28",
 
 def _build(case: str, seed: int = 0) -> tuple[nnx.Module, tuple[int, int, int], int]:
   input_shape, embedding_dim, builder = CASES[case]
-  return builder(_rngs(seed)), input_shape, embedding_dim
+  return builder(helpers.rngs(seed)), input_shape, embedding_dim
 
 
 def _assert_valid_output(output, batch_size: int, embedding_dim: int) -> None:
@@ -181,134 +166,22 @@ def test_gradients_are_finite_and_nonzero_in_train_mode(case):
   assert any(np.any(leaf != 0) for leaf in grad_leaves)
 
 
-def test_resnet_picks_the_stem_from_the_input_size():
-  def stem(input_shape, **kwargs):
-    model = nnx.eval_shape(lambda: ResNet(input_shape, stage_sizes=(1,), width=4,
-                                          rngs=_rngs(), **kwargs))
-    assert model.stem_conv.kernel.shape[:2] == {"small": (3, 3), "imagenet": (7, 7)}[model.stem]
-    return model.stem
-
-  assert stem((28, 28, 1)) == "small"
-  assert stem((63, 200, 1)) == "small"
-  assert stem((64, 64, 3)) == "imagenet"
-  assert stem((224, 224, 3)) == "imagenet"
-  assert stem((28, 28, 1), stem="imagenet") == "imagenet"
-  assert stem((224, 224, 3), stem="small") == "small"
-  with pytest.raises(ValueError, match="Unknown stem"):
-    stem((28, 28, 1), stem="cifar")
-
-
-def test_resnet_stems_give_the_expected_feature_map_sizes():
-  # Last-stage maps: small stem 28 -> 28, 14, 7, 4; ImageNet stem 64 -> 32 -> 16, 8, 4, 2.
-  def last_stage_shape(input_shape):
-    model = nnx.eval_shape(lambda: ResNet(input_shape, stage_sizes=(1, 1, 1, 1), width=4,
-                                          rngs=_rngs()))
-    images = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
-
-    def features(model, images):
-      x = nnx.relu(model.stem_norm(model.stem_conv(images)))
-      if model.stem == "imagenet":
-        x = nnx.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
-      for residual_block in model.blocks:
-        x = residual_block(x)
-      return x
-
-    model.eval()
-    return nnx.eval_shape(features, model, images).shape
-
-  assert last_stage_shape((28, 28, 1)) == (2, 4, 4, 32)
-  assert last_stage_shape((64, 64, 3)) == (2, 2, 2, 32)
-
-
-def test_resnet50_at_width_8_has_bottleneck_shapes_and_parameter_count():
-  model = nnx.eval_shape(lambda: create_model("resnet50", input_shape=(28, 28, 1),
-                                              embedding_dim=32, rngs=_rngs(), width=8))
-  # Bottleneck blocks end with 4x the stage width: 8 * 8 * 4 = 256 features before the head.
-  assert model.dense.kernel.shape == (256, 32)
-  assert len(model.blocks) == 3 + 4 + 6 + 3
-  assert _num_params(model) == 381_272
-
-
-@pytest.mark.parametrize("name, expected", [
-    ("tfa_cnn", 410_208),   # 320 + 8,224 conv + 1568 * 256 + 256 dense.
-    ("hsu_cnn", 731_528),   # 1,664 + 102,464 conv + 3136 * 200 + 200 dense.
-])
-def test_cnn_parameter_counts_at_default_settings(name, expected):
-  model_class = MODELS[name].build
-  model = nnx.eval_shape(lambda: model_class((28, 28, 1), rngs=_rngs()))
-  assert _num_params(model) == expected
-
-
-def test_hsu_cnn_batch_norm_replaces_the_conv_biases():
-  # 1,600 + 102,400 conv (no biases) + 2 x 128 BatchNorm scale/bias + 627,400 dense.
-  model = nnx.eval_shape(lambda: HsuCNN((28, 28, 1), batch_norm=True, rngs=_rngs()))
-  assert _num_params(model) == 731_656
-  assert model.conv1.bias is None and model.norm2.mean.shape == (64,)
-  plain = nnx.eval_shape(lambda: HsuCNN((28, 28, 1), rngs=_rngs()))
-  assert plain.norm1 is None and plain.norm2 is None
-
-
-@pytest.mark.parametrize("name, expected", [
-    ("resnet18", 11_689_512), ("resnet34", 21_797_672), ("resnet50", 25_557_032)])
-def test_resnet_parameter_counts_match_torchvision(name, expected):
-  # torchvision's ImageNet models: 224x224x3 input, width 64, 1000 outputs.
-  model = nnx.eval_shape(lambda: create_model(name, input_shape=(224, 224, 3),
-                                              embedding_dim=1000, rngs=_rngs()))
-  assert _num_params(model) == expected
-
-
-def test_cnns_reject_images_of_another_shape():
-  model = nnx.eval_shape(lambda: TFACNN((28, 28, 1), embedding_dim=8, rngs=_rngs()))
-  with pytest.raises(ValueError, match=r"built for images of shape \[B, 28, 28, 1\]"):
-    model(jnp.zeros((2, 8, 8, 1)))
-  model = nnx.eval_shape(lambda: HsuCNN((8, 8, 1), embedding_dim=8, rngs=_rngs()))
-  with pytest.raises(ValueError, match="got shape"):
-    model(jnp.zeros((8, 8, 1)))
-
-
-def test_resnet_rejects_images_with_other_channels():
-  model = nnx.eval_shape(lambda: ResNet((28, 28, 1), stage_sizes=(1,), width=4, rngs=_rngs()))
-  with pytest.raises(ValueError, match=r"\[B, H, W, 1\]"):
-    model(jnp.zeros((2, 28, 28, 3)))
-
-
-def test_tfa_cnn_rejects_inputs_too_small_to_pool_twice():
-  with pytest.raises(ValueError, match="H, W >= 4"):
-    TFACNN((3, 8, 1), rngs=_rngs())
-
-
 def test_create_model_rejects_unknown_names_and_lists_the_valid_ones():
   with pytest.raises(ValueError, match="Unknown model 'vgg16'.*'hsu_cnn'.*'resnet18'.*'tfa_cnn'"):
-    create_model("vgg16", input_shape=(28, 28, 1), embedding_dim=8, rngs=_rngs())
+    create_model("vgg16", input_shape=(28, 28, 1), embedding_dim=8, rngs=helpers.rngs())
 
 
 def test_create_model_rejects_unknown_kwargs_and_lists_the_accepted_ones():
   with pytest.raises(ValueError, match=r"\['widht'\].*'stem', 'width'"):
-    create_model("resnet18", input_shape=(28, 28, 1), embedding_dim=8, rngs=_rngs(), widht=8)
+    create_model("resnet18", input_shape=(28, 28, 1), embedding_dim=8, rngs=helpers.rngs(), widht=8)
   with pytest.raises(ValueError, match=r"\['width'\].*\['dropout_rate'\]"):
-    create_model("tfa_cnn", input_shape=(28, 28, 1), embedding_dim=8, rngs=_rngs(), width=8)
+    create_model("tfa_cnn", input_shape=(28, 28, 1), embedding_dim=8, rngs=helpers.rngs(), width=8)
   # A named ResNet fixes its depth and block type.
   with pytest.raises(ValueError, match="stage_sizes"):
-    create_model("resnet50", input_shape=(28, 28, 1), embedding_dim=8, rngs=_rngs(),
+    create_model("resnet50", input_shape=(28, 28, 1), embedding_dim=8, rngs=helpers.rngs(),
                  stage_sizes=(1, 1))
 
 
 def test_models_registry_names():
   # Every entry is also built by the parameter-count tests above.
   assert set(MODELS) == {"tfa_cnn", "hsu_cnn", "resnet18", "resnet34", "resnet50"}
-
-
-def test_normalize_embeddings_matches_tf_l2_normalize_and_handles_zero_rows():
-  raw = jnp.array([[3.0, 4.0], [0.0, 0.0], [1e-8, 0.0]])
-  output = jax.jit(normalize_embeddings)(raw)
-  # tf.math.l2_normalize: x / sqrt(max(|x|^2, 1e-12)), so tiny rows are scaled by 1e6.
-  np.testing.assert_allclose(output.embeddings, [[0.6, 0.8], [0.0, 0.0], [1e-2, 0.0]],
-                             rtol=1e-6)
-  np.testing.assert_allclose(output.norms, [5.0, 0.0, 1e-8], rtol=1e-6)
-
-  def total(x):
-    output = normalize_embeddings(x)
-    return jnp.sum(output.embeddings) + jnp.sum(output.norms)
-
-  grads = jax.jit(jax.grad(total))(raw)
-  assert np.all(np.isfinite(grads))

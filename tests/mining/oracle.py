@@ -46,6 +46,17 @@ def distances(embeddings: np.ndarray, metric: str) -> np.ndarray:
   raise ValueError(f"The oracle has no metric {metric!r}.")
 
 
+def row_order(values: np.ndarray, tags: np.ndarray) -> np.ndarray:
+  """[..., C] permutation that sorts each row by (value, tag, column), by `np.lexsort`: the
+  order every sort of the miners must give."""
+  flat_values = values.reshape(-1, values.shape[-1])
+  flat_tags = tags.reshape(-1, values.shape[-1])
+  columns = np.arange(values.shape[-1])
+  # np.lexsort sorts by its last key first.
+  return np.stack([np.lexsort((columns, t, v)) for v, t in zip(flat_values, flat_tags)]
+                  ).reshape(values.shape)
+
+
 def check_exact_decisions(distance_matrix: np.ndarray, margins, min_gap: float = 1e-5) -> None:
   """Asserts that float32 rounding cannot flip a comparison the miners make on this batch.
 

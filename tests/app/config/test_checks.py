@@ -1,0 +1,114 @@
+"""Config values are checked before any work: one line naming the key, the value and what is
+allowed; the shipped config files pass."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.app import runs
+from tripletjax import losses
+from tripletjax.app import errors
+from tripletjax.app.config import checks
+from tripletjax.app.config import defaults
+
+
+def config_with(key: str, value):
+  return runs.override(defaults.get_config(), {key: value})
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("model.embedding_dim", 0, "integer >= 1"),
+    ("batch.batch_size", 0, "integer >= 1"),
+    ("batch.classes_per_batch", 0, "integer >= 1"),
+    ("batch.samples_per_class", -2, "integer >= 1"),
+    ("num_epochs", 0, "integer >= 1"),
+    ("log_every_steps", 0, "integer >= 1"),
+    ("eval_every_epochs", 0, "integer >= 1"),
+    ("checkpoint_every_epochs", 0, "integer >= 1"),
+    ("model.forward_chunks", 0, "integer >= 1"),
+    ("data.max_train", 0, "integer >= 1 or None"),
+    ("data.max_test", -1, "integer >= 1 or None"),
+    ("data.max_shift", -1, "integer >= 0"),
+    ("export.projector_max_points", 0, "integer >= 1"),
+    ("seed", -1, "integer in [0, 2147483648)"),
+    ("optimizer.learning_rate", 0.0, "finite number > 0"),
+    ("optimizer.learning_rate", float("nan"), "finite number > 0"),
+    ("optimizer.learning_rate", float("inf"), "finite number > 0"),
+    ("loss.margin", -0.1, "finite number >= 0"),
+    ("loss.margin", float("inf"), "finite number >= 0"),
+    ("model.dropout_rate", 1.0, "number in [0, 1) or None"),
+    ("optimizer.weight_decay", -1e-4, "finite number >= 0"),
+    ("optimizer.momentum", 1.5, "number in [0, 1)"),
+    ("optimizer.warmup_steps", -1, "integer >= 0"),
+    ("optimizer.grad_clip_norm", -1.0, "finite number >= 0"),
+    ("loss.name", "semi_hard", "one of 'batch_all', 'contrastive', 'hard', 'semihard'"),
+    ("loss.metric", "cosine", "one of 'angular', 'l2', 'squared_l2'"),
+    ("loss.mining_scope", "globl", "one of 'global', 'local', 'replicated'"),
+    ("model.name", "vgg16", "one of 'hsu_cnn'"),
+    ("optimizer.name", "lamb", "one of 'adam', 'adamw', 'sgd'"),
+    ("optimizer.schedule", "linear", "one of 'constant', 'cosine', 'warmup_cosine'"),
+    ("batch.sampler", "random", "one of 'balanced', 'shuffled'"),
+    ("data.augment", "rotate", "one of 'flip'"),
+    ("data.name", "imagenet", "one of digits, fashion_mnist, mnist, tfds:<name>"),
+    ("data.name", "tfds:", "one of digits, fashion_mnist, mnist, tfds:<name>"),
+    ("model.width", 8, "model 'tfa_cnn' has no such option"),
+    ("model.forward_chunks", 3, "must divide the batch size per device"),
+    ("batch.batch_size", 100, "must equal classes_per_batch x samples_per_class"),
+])
+def test_bad_config_value_is_one_line_naming_key_value_and_what_is_allowed(key, value, allowed):
+  config = config_with(key, value)
+  if key == "batch.batch_size" and value == 100:
+    config.batch.sampler = "balanced"
+  with pytest.raises(errors.ConfigError) as error:
+    checks.check_config(config)
+  message = str(error.value)
+  assert message.startswith(f"config.{key}={value!r}: "), message
+  assert allowed in message and "\n" not in message
+  assert isinstance(error.value, ValueError)  # What callers caught before.
+
+
+@pytest.mark.parametrize("name", sorted(losses.MINED_LOSSES))
+def test_every_loss_takes_every_mining_scope(name):
+  for scope in ("global", "local", "replicated"):
+    config = config_with("loss.mining_scope", scope)
+    config.loss.name = name
+    checks.check_config(config)
+
+
+def test_misspelt_name_gets_a_did_you_mean_hint():
+  with pytest.raises(errors.ConfigError) as error:
+    checks.check_config(config_with("loss.name", "semihrad"))
+  assert error.value.hint == "did you mean 'semihard'?"
+
+
+def test_unknown_key_in_a_config_file_is_an_error():
+  config = defaults.get_config()
+  config.loss.margn = 0.2  # What a typo in a config file does: a new key, silently unused.
+  with pytest.raises(errors.ConfigError, match=r"config\.loss\.margn is not a config key"):
+    checks.check_config(config)
+
+
+@pytest.mark.parametrize("name", ["digits", "fashion_mnist", "mnist"])
+def test_shipped_configs_pass(name):
+  checks.check_config(runs.load_config_module(name).get_config())
+  checks.check_config(defaults.get_config())
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("loss.name", "semi_hard", "loss.name"),
+    ("model.name", "vgg", "model.name"),
+    ("optimizer.name", "lamb", "optimizer.name"),
+    ("batch.sampler", "random", "batch.sampler"),
+    ("loss.margin", -0.1, "margin"),
+    ("data.augment", "rotate", "data.augment"),
+])
+def test_bad_config_values_are_named(key, value, message):
+  with pytest.raises(ValueError, match=message):
+    checks.check_config(runs.tiny_config(**{key: value}))
+
+
+def test_every_config_file_loads():
+  for name in ["digits", "fashion_mnist", "mnist"]:
+    module = runs.load_config_module(name)
+    checks.check_config(module.get_config())
+    assert module.__doc__ and "python -m tripletjax.main" in module.__doc__
