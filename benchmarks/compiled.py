@@ -31,8 +31,11 @@ def array_shapes(hlo_text: str) -> set[tuple[str, tuple[int, ...]]]:
 
 
 def largest_array(hlo_text: str) -> tuple[str, int]:
-  """The shape (as text, e.g. "f32[128,1024]") and element count of the largest array."""
-  dtype, dims = max(array_shapes(hlo_text), key=lambda shape: math.prod(shape[1]))
+  """The shape (as text, e.g. "f32[128,1024]") and element count of the largest array (among
+  equally large ones, the last by element type and dimensions, so the answer never depends on
+  the order of a set)."""
+  dtype, dims = max(array_shapes(hlo_text),
+                    key=lambda shape: (math.prod(shape[1]), shape[0], shape[1]))
   return f"{dtype}[{','.join(map(str, dims))}]", math.prod(dims)
 
 

@@ -30,6 +30,8 @@ def test_sort_kernels_tells_cub_radix_sorts_from_xla_sorts():
 
 
 def test_largest_array_and_arrays_above_a_size():
+  # u32[256,16384] and s32[256,16384] are equally large: the answer must not depend on the
+  # order of a set of shapes (hash randomisation), so the last by type wins.
   assert compiled.largest_array(GPU_HLO) == ("u32[256,16384]", 256 * 16384)
   found = compiled.arrays_with_at_least(GPU_HLO, 64 * 64)
   assert found[:3] == ["u32[256,16384]", "s32[256,16384]", "u8[8448]"]
