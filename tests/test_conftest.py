@@ -52,3 +52,14 @@ def test_missing_fashion_mnist_fails_under_ci_and_skips_elsewhere(ci, monkeypatc
 def test_missing_tfds_fails_under_ci_and_skips_elsewhere(ci, monkeypatch, request):
   monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import raises ImportError.
   assert_outcome(request, monkeypatch, "tfds", ci, "pip install tensorflow-datasets")
+
+
+@pytest.mark.parametrize("ci", [True, False])
+@pytest.mark.parametrize("fixture, module, hint", [
+    ("torchvision", "torchvision", r"pip install 'tripletjax\[torch\]'"),
+    ("keras", "keras", r"pip install 'tripletjax\[keras\]'"),
+])
+def test_missing_weight_converters_fail_under_ci_and_skip_elsewhere(ci, fixture, module, hint,
+                                                                    monkeypatch, request):
+  monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError.
+  assert_outcome(request, monkeypatch, fixture, ci, hint)

@@ -630,3 +630,28 @@ def test_pair_and_explicit_triplet_input_errors():
     tripletjax.triplet_loss(x, x, x, margin=-1.0)
   with pytest.raises(ValueError, match="metric"):
     tripletjax.pairwise_distances(x, metric="cosine")
+
+
+def test_triplet_distances_and_the_explicit_triplet_statistics_match_numpy():
+  rng = np.random.default_rng(5)
+  anchor, positive, negative = (rng.normal(size=(9, 4)).astype(np.float32) for _ in range(3))
+  negative[0] = anchor[0] + (positive[0] - anchor[0]) * 2  # d_an > d_ap, inside the margin.
+  d_ap, d_an = tripletjax.triplet_distances(anchor, positive, negative)
+  expected_ap = np.sum((anchor.astype(np.float64) - positive) ** 2, axis=1)
+  expected_an = np.sum((anchor.astype(np.float64) - negative) ** 2, axis=1)
+  np.testing.assert_allclose(d_ap, expected_ap, rtol=1e-5)
+  np.testing.assert_allclose(d_an, expected_an, rtol=1e-5)
+  margin = 0.5
+  loss, stats = tripletjax.triplet_loss(anchor, positive, negative, margin=margin,
+                                        return_stats=True)
+  assert float(loss) == pytest.approx(
+      reference.triplet_loss(anchor, positive, negative, margin=margin), rel=1e-5)
+  assert float(stats["triplet_accuracy"]) == pytest.approx(np.mean(expected_ap < expected_an))
+  assert float(stats["fraction_active"]) == pytest.approx(
+      np.mean(expected_ap - expected_an + margin > 0))
+  assert 0 < float(stats["fraction_active"]) < 1 and 0 < float(stats["triplet_accuracy"]) < 1
+  assert float(stats["mean_positive_distance"]) == pytest.approx(expected_ap.mean(), rel=1e-5)
+  assert float(stats["mean_negative_distance"]) == pytest.approx(expected_an.mean(), rel=1e-5)
+  anchor[2, 1] = np.nan  # NaN in gives NaN out, statistics included.
+  loss, stats = tripletjax.triplet_loss(anchor, positive, negative, return_stats=True)
+  assert np.isnan(float(loss)) and all(np.isnan(float(v)) for v in stats.values())

@@ -337,7 +337,21 @@ def contrastive_pair_loss(same, left, right, margin=1.0):
   return _finish(loss, left.dtype, None, False, finite)
 
 
-def triplet_loss(anchor, positive, negative, margin=0.5):
+def triplet_distances(anchor, positive, negative):
+  """The distance layer of a three-tower (Siamese) network: squared L2 distances of each anchor
+  to its positive and to its negative.
+
+  Args:
+    anchor, positive, negative: [N, D] embeddings.
+
+  Returns:
+    (d_ap, d_an): [N] float32 each, ||a - p||^2 and ||a - n||^2 row by row.
+  """
+  a, p, n = (jnp.asarray(t).astype(jnp.float32) for t in (anchor, positive, negative))
+  return jnp.sum((a - p) ** 2, axis=1), jnp.sum((a - n) ** 2, axis=1)
+
+
+def triplet_loss(anchor, positive, negative, margin=0.5, return_stats: bool = False):
   """Explicit triplet loss on squared L2, as in the Keras example "Image similarity estimation
   using a Siamese Network with a triplet loss".
 
@@ -346,6 +360,12 @@ def triplet_loss(anchor, positive, negative, margin=0.5):
   Args:
     anchor, positive, negative: [N, D] embeddings.
     margin: margin >= 0 (default 0.5, as in that example).
+    return_stats: also return statistics of the triplets.
+
+  Returns:
+    Scalar loss in the dtype of `anchor`, or `(loss, stats)` with stats keys
+    `triplet_accuracy` (fraction of rows with d_ap < d_an), `fraction_active` (fraction with a
+    positive loss), `mean_positive_distance` and `mean_negative_distance` (means of d_ap, d_an).
   """
   anchor = validation.check_embeddings(anchor, "anchor")
   positive = validation.check_embeddings(positive, "positive")
@@ -356,10 +376,16 @@ def triplet_loss(anchor, positive, negative, margin=0.5):
   validation.check_margin(margin)
   (a, p, n), finite = _poison_unless_finite(
       *(t.astype(jnp.float32) for t in (anchor, positive, negative)))
-  positive_distance = jnp.sum((a - p) ** 2, axis=1)
-  negative_distance = jnp.sum((a - n) ** 2, axis=1)
-  loss = jnp.mean(jnp.maximum(positive_distance - negative_distance + margin, 0.0))
-  return _finish(loss, anchor.dtype, None, False, finite)
+  positive_distance, negative_distance = triplet_distances(a, p, n)
+  hinge = jnp.maximum(positive_distance - negative_distance + margin, 0.0)
+  loss = jnp.mean(hinge)
+  stats = {
+      "triplet_accuracy": jnp.mean((positive_distance < negative_distance).astype(jnp.float32)),
+      "fraction_active": jnp.mean((hinge > 0).astype(jnp.float32)),
+      "mean_positive_distance": jnp.mean(positive_distance),
+      "mean_negative_distance": jnp.mean(negative_distance),
+  }
+  return _finish(loss, anchor.dtype, stats, return_stats, finite)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,3 +43,29 @@ def write_exports(workdir, config, dataset, test_embeddings, final_metrics) -> N
     figures += [os.path.join(plots, f) for f in latest]
   exports.write_report(workdir, config_text=str(config), eval_metrics=final_metrics,
                        figures=figures, runs=list(runs))
+
+
+# The evaluation curves of the pair workflow (`pair_evaluation`).
+PAIR_EVAL_CURVES = (("triplet_accuracy", "triplet accuracy"),
+                    ("positive_similarity", "cosine similarity anchor-positive"),
+                    ("negative_similarity", "cosine similarity anchor-negative"),
+                    ("recall_at_k/1", "recall@1"), ("recall_at_k/5", "recall@5"))
+
+
+def write_pair_exports(workdir, config, final_metrics, figures) -> None:
+  """Training curves, evaluation history and the report of a pair run; `figures` (e.g. the
+  retrieval picture) come first in the report."""
+  runs = {}
+  parent = os.path.dirname(os.path.abspath(workdir))
+  for name in sorted(os.listdir(parent)):
+    path = os.path.join(parent, name, "metrics.jsonl")
+    if _same_dataset(os.path.join(parent, name), config.data.name) and os.path.exists(path):
+      if records := metric_logging.read_metrics_jsonl(path):
+        runs[name] = records
+  plots = os.path.abspath(os.path.join(workdir, "plots"))
+  curves = [os.path.join(plots, "training_curves.png"), os.path.join(plots, "eval_history.png")]
+  exports.plot_training_curves(runs, curves[0])
+  exports.plot_eval_history(metric_logging.read_metrics_jsonl(os.path.join(workdir, "eval.jsonl")),
+                            curves[1], curves=PAIR_EVAL_CURVES)
+  exports.write_report(workdir, config_text=str(config), eval_metrics=final_metrics,
+                       figures=list(figures) + curves, runs=list(runs))

@@ -2,9 +2,9 @@
 
 The train step is one jit-compiled function of (model, optimizer, images, labels). The state is
 replicated and the batch sharded over every device (`parallel`). The loss mines the global
-batch as `config.loss.mining_scope` says (`make_sharded_loss_fn`, `tripletjax.sharded`): by
-default each device mines its own rows against the gathered embeddings of every device, so
-negatives come from the whole global batch and the loss is that of one device.
+batch as `config.loss.mining_scope` says (`tripletjax.sharded`): by default each device mines
+its own rows against the gathered embeddings of every device, so negatives come from the whole
+global batch and the loss is that of one device.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from tripletjax import sharded
 from tripletjax.app import models
 from tripletjax.app import optimizers
 from tripletjax.app import parallel
+from tripletjax.app.models import weights
 
 
 def make_loss_fn(loss_config: ml_collections.ConfigDict) -> Callable:
@@ -30,14 +31,6 @@ def make_loss_fn(loss_config: ml_collections.ConfigDict) -> Callable:
   loss = losses.MINED_LOSSES[loss_config.name]
   options = {name: loss_config[name] for name in loss.options}
   return functools.partial(loss.fn, return_stats=True, **options)
-
-
-def make_sharded_loss_fn(loss_config: ml_collections.ConfigDict,
-                         mesh: jax.sharding.Mesh) -> Callable:
-  """(labels[B], embeddings[B, E]) sharded over the mesh's data axis -> (loss, stats) of the
-  global batch, mined as `loss_config.mining_scope` says (`tripletjax.sharded`). Call under jit."""
-  return sharded.sharded_loss(make_loss_fn(loss_config), mesh, scope=loss_config.mining_scope,
-                              axis_name=parallel.DATA_AXIS)
 
 
 def model_options(model_config: ml_collections.ConfigDict) -> dict:
@@ -57,15 +50,39 @@ class Trainer:
   forward_chunks: int = 1
 
 
-def build_trainer(config, input_shape, total_steps, mesh) -> Trainer:
-  """The model and optimizer of `config`, replicated over `mesh`, and their jitted functions."""
+def build_model(config, input_shape) -> nnx.Module:
+  """The model of `config.model`, with the backbone of `config.model.weights` if set."""
   rngs = nnx.Rngs(params=config.seed, dropout=config.seed + 1)
+  options = model_options(config.model)
+  if config.model.weights is not None:
+    options = weights.model_options(config.model.weights, options)
   model = models.create_model(config.model.name, input_shape=input_shape,
-                              embedding_dim=config.model.embedding_dim, rngs=rngs,
-                              **model_options(config.model))
+                              embedding_dim=config.model.embedding_dim, rngs=rngs, **options)
+  if config.model.weights is not None:
+    weights.load_backbone(model, config.model.weights)
+  return model
+
+
+def build_trainer(config, input_shape, total_steps, mesh, loss_fn: Callable | None = None,
+                  mining_scope: str | None = None) -> Trainer:
+  """The model and optimizer of `config`, replicated over `mesh`, and their jitted functions.
+
+  `loss_fn(labels, embeddings) -> (loss, stats)` defaults to the mined loss of `config.loss`.
+  `mining_scope` says how the loss of the batch sharded over the mesh is computed
+  (`tripletjax.sharded.MINING_SCOPES`): for the default loss, `config.loss.mining_scope`; a
+  given `loss_fn` need not know about devices, and by default ("replicated") every device
+  computes it on the gathered batch.
+  Frozen parameters (`config.model.freeze_before`) are left out of the optimizer: they get no
+  gradient, no optimizer state and no update.
+  """
+  model = build_model(config, input_shape)
   tx, schedule = optimizers.make_optimizer(config.optimizer, total_steps)
-  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  loss_fn = make_sharded_loss_fn(config.loss, mesh)
+  trainable = models.trainable_filter(model)
+  optimizer = nnx.Optimizer(model, tx, wrt=trainable)
+  if loss_fn is None:
+    loss_fn, mining_scope = make_loss_fn(config.loss), config.loss.mining_scope
+  loss_fn = sharded.sharded_loss(loss_fn, mesh, scope=mining_scope or "replicated",
+                                 axis_name=parallel.DATA_AXIS)
   replicated = parallel.replicated(mesh)
   # The state lives replicated on every device of the mesh, like a restored checkpoint.
   state = nnx.state((model, optimizer))
@@ -81,7 +98,8 @@ def build_trainer(config, input_shape, total_steps, mesh) -> Trainer:
       output = parallel.apply_in_chunks(model, images, num_chunks)
       loss, stats = loss_fn(labels, output.embeddings)
       return loss, (stats, output.norms)
-    (loss, (stats, norms)), grads = nnx.value_and_grad(objective, has_aux=True)(model)
+    (loss, (stats, norms)), grads = nnx.value_and_grad(
+        objective, argnums=nnx.DiffState(0, trainable), has_aux=True)(model)
     optimizer.update(model, grads)
     learning_rate = schedule(optimizer.step.value - 1)
     # A step with a non-finite loss or gradient leaves the state (BatchNorm statistics

@@ -172,7 +172,7 @@ def test_create_model_rejects_unknown_names_and_lists_the_valid_ones():
 
 
 def test_create_model_rejects_unknown_kwargs_and_lists_the_accepted_ones():
-  with pytest.raises(ValueError, match=r"\['widht'\].*'stem', 'width'"):
+  with pytest.raises(ValueError, match=r"\['widht'\].*'stem', 'style', 'width'"):
     create_model("resnet18", input_shape=(28, 28, 1), embedding_dim=8, rngs=helpers.rngs(), widht=8)
   with pytest.raises(ValueError, match=r"\['width'\].*\['dropout_rate'\]"):
     create_model("tfa_cnn", input_shape=(28, 28, 1), embedding_dim=8, rngs=helpers.rngs(), width=8)
