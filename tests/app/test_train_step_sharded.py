@@ -141,3 +141,26 @@ def test_local_train_step_mines_each_device_alone(programs):
   assert abs(float(local["loss"]) - float(_metrics(programs, "global")["loss"])) > 1e-3
   assert int(local["num_positive_pairs"]) < int(
       _metrics(programs, "global")["num_positive_pairs"])
+
+
+@pytest.mark.parametrize("scope", ["local", "replicated"])
+def test_the_training_loop_builds_the_trainer_with_the_configured_scope(scope, monkeypatch,
+                                                                       tmp_path):
+  # The loop hands the task's loss to `build_trainer` with the task's scope; stop it there.
+  from tests.app.runs import tiny_config
+  from tripletjax.app import train
+  from tripletjax.app import train_step
+
+  class Built(Exception):
+    pass
+
+  seen = {}
+
+  def build_trainer(config, input_shape, total_steps, mesh, loss_fn=None, mining_scope=None):
+    seen.update(loss_fn=loss_fn, mining_scope=mining_scope)
+    raise Built
+
+  monkeypatch.setattr(train_step, "build_trainer", build_trainer)
+  with pytest.raises(Built):
+    train.train_and_evaluate(tiny_config(**{"loss.mining_scope": scope}), str(tmp_path))
+  assert seen["mining_scope"] == scope and seen["loss_fn"] is not None
