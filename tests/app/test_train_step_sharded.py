@@ -10,6 +10,8 @@ analysis) and runs one step on one batch of B = 1024 from the same initial state
   * "global" and "replicated" give the same loss, statistics and updated parameters; both
     equal the loss of the whole batch's embeddings on one device;
   * "local" gives the mean of the per-device losses of those embeddings, not the global loss.
+
+And the training loop builds its trainer with the configured scope.
 """
 
 from __future__ import annotations
