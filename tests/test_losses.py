@@ -294,14 +294,15 @@ def test_large_batch_matches_reference():
 
 def test_anchor_blocks_match_reference(monkeypatch):
   # Batches above 2048 x 2048 distance entries are mined in blocks of anchor rows (a lax.scan
-  # with padding rows; sums for semi-hard and batch-all, per-anchor results for batch-hard).
+  # with padding rows; sums for semi-hard, batch-all and contrastive, per-anchor results for
+  # batch-hard).
   # Shrink the block budget so that a small batch takes that path too: 40 rows per block,
   # 4 blocks, the last one with 30 padding rows.
   batch_size = 130
   rng = np.random.default_rng(40)
   labels = rng.integers(0, 5, size=batch_size).astype(np.int32)
   embeddings = rng.normal(size=(batch_size, FEATURES)).astype(np.float32)
-  variants = ("semihard", "batch_all", "hard", "hard_soft")
+  variants = ("semihard", "batch_all", "hard", "hard_soft", "contrastive")
 
   def losses_and_gradients():
     # A new function object each time, so that jit traces it again (the budget is read while

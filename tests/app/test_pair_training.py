@@ -162,6 +162,8 @@ def test_pair_config_mistakes_are_config_errors(pair_folder):
       "data.augment": ("shift", r"must be one of 'crop', 'crop_flip', 'flip', 'none'"),
       "data.unreadable": ("ignore", r"must be one of 'error', 'skip'"),
       "data.name": ("pairs_demo:cifar", r"pairs_demo:digits"),
+      "loss.mining_scope": ("local", r"loss 'triplet' has no such option .* leave it at "
+                                     r"'global'"),
       "model.freeze_before": ("stage4", r"model.freeze_before='stage4'"),
       "model.weights": ("/nonexistent/resnet50.pth", r"load into ResNets .* not into 'tfa_cnn'"),
   }

@@ -40,10 +40,10 @@ def test_rows_too_long_for_rank_keys_take_three_keys(request_):
   assert resolve(request_, "cpu", num_devices, num_columns=LONG) == backend.THREE_KEYS
 
 
-def test_numpy_and_three_keys_do_not_depend_on_the_row_length_or_platform():
+def test_numpy_three_keys_and_packed_key_do_not_depend_on_the_row_length_or_platform():
   for platform in PLATFORMS:
     for num_columns in (1, SHORT, LONG):
-      for request_ in (backend.NUMPY, backend.THREE_KEYS):
+      for request_ in (backend.NUMPY, backend.THREE_KEYS, backend.PACKED_KEY):
         assert resolve(request_, platform, num_columns=num_columns) == request_
   assert resolve(backend.RANK_KEY, "gpu") == backend.RANK_KEY  # Forced, on any platform.
 
@@ -54,7 +54,8 @@ def test_numpy_and_three_keys_do_not_depend_on_the_row_length_or_platform():
 def test_a_resolved_method_resolves_to_itself(platform, num_devices, num_columns):
   for request_ in backend.BACKENDS:
     method = resolve(request_, platform, num_devices, num_columns)
-    assert method in (backend.NUMPY, backend.RANK_KEY, backend.THREE_KEYS), request_
+    assert method in (backend.NUMPY, backend.RANK_KEY, backend.THREE_KEYS,
+                      backend.PACKED_KEY), request_
     assert resolve(method, platform, num_devices, num_columns) == method, request_
 
 
@@ -73,7 +74,7 @@ def test_defaults_are_this_process_platform_and_device_count(monkeypatch):
 @pytest.mark.parametrize("name", ["gpu", "xla:radix", "NUMPY", ""])
 def test_unknown_names_are_errors_listing_the_valid_ones(name):
   expected = (rf"Unknown mining_backend {name!r}; expected one of \('auto', 'numpy', 'xla', "
-              r"'xla:rank_key', 'xla:three_keys'\)")
+              r"'xla:rank_key', 'xla:three_keys', 'xla:packed_key'\)")
   with pytest.raises(ValueError, match=expected):
     backend.check_backend(name)
   with pytest.raises(ValueError, match=expected):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tests.mining import oracle
+from tripletjax import losses
 from tripletjax.mining import backend
 from tripletjax.mining import row_sort
 
@@ -33,6 +34,11 @@ def _cases():
   # Values one ulp apart must not be merged into a tie.
   tiny = np.nextafter(np.float32(1.0), np.float32(2.0))
   yield "ulp_apart", np.array([[tiny, 1.0, tiny, 1.0]], np.float32), np.array([[0, 1, 1, 0]], bool)
+  # The extremes of the packed key (value bits << 1 | tag): the largest float, infinity, the
+  # smallest normal float (XLA:CPU flushes subnormals to zero), 0.
+  largest, smallest = np.finfo(np.float32).max, np.finfo(np.float32).tiny
+  extremes = np.array([np.inf, largest, 0.0, smallest, np.inf, 0.0, largest, 1.0], np.float32)
+  yield "extremes", extremes[None], np.array([[1, 0, 1, 0, 0, 0, 1, 1]], bool)
 
 
 @pytest.mark.parametrize("implementation", sorted(IMPLEMENTATIONS))
@@ -48,7 +54,7 @@ def test_every_sort_matches_lexsort(implementation, case):
 def test_negative_zero_sorts_as_zero():
   values = jnp.array([[0.5, -0.0, 0.0, 0.25]])
   tags = jnp.array([[False, True, False, False]])
-  for method in (backend.NUMPY, backend.RANK_KEY, backend.THREE_KEYS):
+  for method in (backend.NUMPY, backend.RANK_KEY, backend.THREE_KEYS, backend.PACKED_KEY):
     result = row_sort.sort_rows(values, tags, method)
     np.testing.assert_array_equal(result.perm, [[2, 1, 3, 0]])
     np.testing.assert_array_equal(result.values, [[0.0, 0.0, 0.25, 0.5]])
@@ -59,3 +65,20 @@ def test_unknown_method_is_an_error():
     row_sort.sort_rows(jnp.zeros((2, 2)), jnp.zeros((2, 2), bool), "radix")
   with pytest.raises(ValueError, match="Unknown mining_backend 'radix'"):
     backend.resolve_backend("radix", num_columns=2)
+
+
+@pytest.mark.parametrize("loss", [losses.triplet_semihard_loss, losses.batch_all_triplet_loss])
+def test_every_xla_sort_gives_the_miners_the_same_results(loss):
+  # A batch on an integer grid: many tied distances, resolved by (value, tag, column).
+  rng = np.random.default_rng(3)
+  labels = rng.integers(0, 4, 48).astype(np.int32)
+  embeddings = rng.integers(0, 3, (48, 4)).astype(np.float32)
+  results = {}
+  for method in (backend.RANK_KEY, backend.THREE_KEYS, backend.PACKED_KEY):
+    value_and_grad = jax.jit(jax.value_and_grad(
+        lambda x, method=method: loss(labels, x, margin=0.5, mining_backend=method,
+                                      return_stats=True), has_aux=True))
+    results[method] = jax.tree.map(np.asarray, value_and_grad(embeddings))
+  for method, result in results.items():
+    for got, want in zip(jax.tree.leaves(result), jax.tree.leaves(results[backend.RANK_KEY])):
+      np.testing.assert_array_equal(got, want, err_msg=method)

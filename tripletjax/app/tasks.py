@@ -6,7 +6,8 @@ and exports. A task supplies what differs:
   * `input_shape`, `steps_per_epoch`;
   * `batches(epoch, start_step)`: the host batches (images, labels) of an epoch from a step on,
     a pure function of (seed, epoch, step), so a resumed run sees the same batches;
-  * `loss_fn(labels, embeddings) -> (loss, stats)`, inside the compiled train step;
+  * `loss_fn(labels, embeddings) -> (loss, stats)`, inside the compiled train step, and
+    `mining_scope`, how it is computed over the devices (`tripletjax.sharded`);
   * `evaluate(trainer, mesh, final)`, `eval_line`, `after_evaluation`,
     `write_exports(workdir, final, payload, notes)` and `summary_line`: evaluation, its console
     line, per-evaluation plots and the final exports (`notes`: the mining-health verdict).
@@ -94,6 +95,7 @@ class LabelledTask:
     self.steps_per_epoch = self.sampler.steps_per_epoch
     self.input_shape = tuple(self.dataset.train.images.shape[1:])
     self.loss_fn = train_step.make_loss_fn(config.loss)
+    self.mining_scope = config.loss.mining_scope
     self.description = f"{config.loss.name} on {config.data.name}"
 
   def batches(self, epoch: int, start_step: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -230,6 +232,9 @@ class PairTask:
     self.steps_per_epoch = self.sampler.steps_per_epoch
     self.input_shape = (size, size, 3)
     self.loss_fn = functools.partial(_triplet_batch_loss, margin=config.loss.margin)
+    # The loss splits the whole batch into anchors, positives and negatives: every device
+    # computes it on the gathered batch (it is O(B), nothing to mine).
+    self.mining_scope = "replicated"
     self.description = f"triplets of {len(self.train_pairs)} pairs"
     self.replaced_triplets = 0
     if config.model.weights is None and config.model.name.startswith("resnet"):

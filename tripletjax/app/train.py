@@ -114,7 +114,7 @@ def _train(config, workdir, changes, checkpoints, stop_signals, mesh, task) -> d
   steps_per_epoch = task.steps_per_epoch
   total_steps = steps_per_epoch * config.num_epochs
   trainer = train_step.build_trainer(config, task.input_shape, total_steps, mesh,
-                                     loss_fn=task.loss_fn)
+                                     loss_fn=task.loss_fn, mining_scope=task.mining_scope)
   meta = _restore(trainer, checkpoints, mesh)
   step = meta["step"] if meta else 0
   train_seconds = meta.get("train_seconds", 0.0) if meta else 0.0

@@ -1,8 +1,10 @@
 """The model, its optimizer and the compiled train step: forward, mined loss, Optax update.
 
 The train step is one jit-compiled function of (model, optimizer, images, labels). The state is
-replicated and the batch sharded over every device (`parallel`); XLA gathers the embeddings of
-all devices before the loss, so negatives come from the whole global batch.
+replicated and the batch sharded over every device (`parallel`). The loss mines the global
+batch as `config.loss.mining_scope` says (`tripletjax.sharded`): by default each device mines
+its own rows against the gathered embeddings of every device, so negatives come from the whole
+global batch and the loss is that of one device.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import ml_collections
 from flax import nnx
 
 from tripletjax import losses
+from tripletjax import sharded
 from tripletjax.app import models
 from tripletjax.app import optimizers
 from tripletjax.app import parallel
@@ -69,11 +72,15 @@ def build_model(config, input_shape) -> nnx.Module:
   return model
 
 
-def build_trainer(config, input_shape, total_steps, mesh, loss_fn: Callable | None = None
-                  ) -> Trainer:
+def build_trainer(config, input_shape, total_steps, mesh, loss_fn: Callable | None = None,
+                  mining_scope: str | None = None) -> Trainer:
   """The model and optimizer of `config`, replicated over `mesh`, and their jitted functions.
 
   `loss_fn(labels, embeddings) -> (loss, stats)` defaults to the mined loss of `config.loss`.
+  `mining_scope` says how the loss of the batch sharded over the mesh is computed
+  (`tripletjax.sharded.MINING_SCOPES`): for the default loss, `config.loss.mining_scope`; a
+  given `loss_fn` need not know about devices, and by default ("replicated") every device
+  computes it on the gathered batch.
   Frozen parameters (`config.model.freeze_before`) are left out of the optimizer: they get no
   gradient, no optimizer state and no update.
   """
@@ -81,7 +88,10 @@ def build_trainer(config, input_shape, total_steps, mesh, loss_fn: Callable | No
   tx, schedule = optimizers.make_optimizer(config.optimizer, total_steps)
   trainable = models.trainable_filter(model)
   optimizer = nnx.Optimizer(model, tx, wrt=trainable)
-  loss_fn = loss_fn or make_loss_fn(config.loss)
+  if loss_fn is None:
+    loss_fn, mining_scope = make_loss_fn(config.loss), config.loss.mining_scope
+  loss_fn = sharded.sharded_loss(loss_fn, mesh, scope=mining_scope or "replicated",
+                                 axis_name=parallel.DATA_AXIS)
   replicated = parallel.replicated(mesh)
   # The state lives replicated on every device of the mesh, like a restored checkpoint.
   state = nnx.state((model, optimizer))
@@ -95,12 +105,8 @@ def build_trainer(config, input_shape, total_steps, mesh, loss_fn: Callable | No
 
     def objective(model):
       output = parallel.apply_in_chunks(model, images, num_chunks)
-      # Mining needs every embedding of the global batch: gather them (B x E, cheap) and mine
-      # on every device, rather than leaving XLA to move [B, B] intermediates around.
-      embeddings, all_labels = jax.lax.with_sharding_constraint(
-          (output.embeddings, labels), replicated)
-      loss, stats = loss_fn(all_labels, embeddings)
-      return loss, (stats, output.norms, embedding_spread(embeddings))
+      loss, stats = loss_fn(labels, output.embeddings)
+      return loss, (stats, output.norms, embedding_spread(output.embeddings))
     (loss, (stats, norms, spread)), grads = nnx.value_and_grad(
         objective, argnums=nnx.DiffState(0, trainable), has_aux=True)(model)
     optimizer.update(model, grads)

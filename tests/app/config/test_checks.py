@@ -9,6 +9,7 @@ import pytest
 
 from tests import subprocesses
 from tests.app import runs
+from tripletjax import losses
 from tripletjax.app import errors
 from tripletjax.app.config import checks
 from tripletjax.app.config import defaults
@@ -45,6 +46,7 @@ def config_with(key: str, value):
     ("optimizer.grad_clip_norm", -1.0, "finite number >= 0"),
     ("loss.name", "semi_hard", "one of 'batch_all', 'contrastive', 'hard', 'semihard'"),
     ("loss.metric", "cosine", "one of 'angular', 'l2', 'squared_l2'"),
+    ("loss.mining_scope", "globl", "one of 'global', 'local', 'replicated'"),
     ("model.name", "vgg16", "one of 'hsu_cnn'"),
     ("optimizer.name", "lamb", "one of 'adam', 'adamw', 'rmsprop', 'sgd'"),
     ("optimizer.schedule", "linear", "one of 'constant', 'cosine', 'warmup_cosine'"),
@@ -66,6 +68,14 @@ def test_bad_config_value_is_one_line_naming_key_value_and_what_is_allowed(key, 
   assert message.startswith(f"config.{key}={value!r}: "), message
   assert allowed in message and "\n" not in message
   assert isinstance(error.value, ValueError)  # What callers caught before.
+
+
+@pytest.mark.parametrize("name", sorted(losses.MINED_LOSSES))
+def test_every_loss_takes_every_mining_scope(name):
+  for scope in ("global", "local", "replicated"):
+    config = config_with("loss.mining_scope", scope)
+    config.loss.name = name
+    checks.check_config(config)
 
 
 def test_misspelt_name_gets_a_did_you_mean_hint():

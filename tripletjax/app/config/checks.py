@@ -20,6 +20,7 @@ import ml_collections
 
 from tripletjax import losses
 from tripletjax import mining
+from tripletjax import sharded
 from tripletjax import validation
 from tripletjax.app import errors
 from tripletjax.app import faiss_index
@@ -233,12 +234,15 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
   check.choice("loss.metric", validation.METRICS)
   check.boolean("loss.soft")
   check.choice("loss.mining_backend", mining.BACKENDS)
+  check.choice("loss.mining_scope", sharded.MINING_SCOPES)
   # An option of another loss set away from its default would be silently ignored.
   loss_options = (losses.MINED_LOSSES[config.loss.name].options
                   if config.loss.name in losses.MINED_LOSSES else ("margin",))
+  # Every mined loss can be mined over the devices in any scope; the pairs task's loss cannot.
+  scoped = ("mining_scope",) if config.loss.name in losses.MINED_LOSSES else ()
   default_loss = defaults.get_config().loss
   for option, value in config.loss.items():
-    if option not in ("name", *loss_options) and value != default_loss[option]:
+    if option not in ("name", *scoped, *loss_options) and value != default_loss[option]:
       _fail(f"loss.{option}", value,
             f"loss {config.loss.name!r} has no such option (its options: "
             f"{', '.join(loss_options)}); leave it at {default_loss[option]!r}")

@@ -87,6 +87,15 @@ def get_config() -> ml_collections.ConfigDict:
   # semihard, batch_all: where rows are sorted and mined, auto | numpy | xla
   # (tripletjax.mining.backend decides what "auto" means on this machine).
   config.loss.mining_backend = "auto"
+  # With several devices, who mines what (tripletjax/sharded.py):
+  #   "global": each device mines its rows against the gathered embeddings of all devices:
+  #     the loss of the whole global batch, as on one device, O(B^2 / devices) per device;
+  #   "local": each device mines its rows alone (TF/PyTorch data parallelism's default): the
+  #     mean of the per-device losses, negatives from the same device only;
+  #   "replicated": every device mines the whole gathered batch (global's loss, for
+  #     comparisons: devices x the mining work).
+  # Mined losses only (the pairs task's explicit triplet loss is computed on the whole batch).
+  config.loss.mining_scope = "global"
 
   config.batch = ml_collections.ConfigDict()
   config.batch.sampler = "shuffled"  # shuffled | balanced (P classes x K examples)
