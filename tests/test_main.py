@@ -102,3 +102,11 @@ def test_main_trains_on_several_cpu_devices(tmp_path):
   assert "on 2 cpu device(s)" in result.stdout
   final = json.loads((tmp_path / "run" / "eval.json").read_text())
   assert 0.5 < final["precision_at_1"] <= 1.0  # Two epochs: far above chance (0.1).
+
+
+def test_a_missing_image_folder(tmp_path):
+  line, hint = user_error_lines(run_main(
+      "--config=configs/cub200.py", f"--config.data.name=folder:{tmp_path}/no/such/folder",
+      f"--workdir={tmp_path / 'run'}", "--cpu_devices=1"))
+  assert line.startswith(f"error: folder:{tmp_path}/no/such/folder: no such folder or file")
+  assert hint is None

@@ -262,3 +262,17 @@ def test_write_report(tmp_path):
   # The config sits verbatim in a fence longer than its own backtick runs.
   assert "````\nlearning_rate: 0.001\nmining: ```semihard```\n````" in report
   assert "Seed 0." in report
+
+
+def test_eval_history_plots_validation_curves(tmp_path):
+  records = [{"step": 10 * i, "precision_at_1": 0.1 * i, "map_at_r": 0.05 * i,
+              "validation_precision_at_1": 0.2 * i, "validation_map_at_r": 0.15 * i}
+             for i in range(1, 4)]
+  data = plot_data(exports.plot_eval_history(records, tmp_path / "eval.png"))
+  panel = "retrieval metrics during training"
+  assert set(data) == {(panel, "precision@1"), (panel, "MAP@R"),
+                       (panel, "validation precision@1"), (panel, "validation MAP@R")}
+  np.testing.assert_allclose(data[panel, "validation precision@1"],
+                             [[10, 0.2], [20, 0.4], [30, 0.6]])
+  np.testing.assert_allclose(data[panel, "validation MAP@R"],
+                             [[10, 0.15], [20, 0.3], [30, 0.45]])

@@ -35,8 +35,11 @@ _TRAINING_PANELS = (
     ("loss", "loss"),
     ("fraction_active", "fraction of active triplets"),
     ("embedding_norm", "mean embedding norm (before normalisation)"),
+    ("embedding_spread", "embedding spread (0: collapsed)"),
 )
-_EVAL_CURVES = (("precision_at_1", "precision@1"), ("map_at_r", "MAP@R"))
+_EVAL_CURVES = (("precision_at_1", "precision@1"), ("map_at_r", "MAP@R"),
+                ("validation_precision_at_1", "validation precision@1"),
+                ("validation_map_at_r", "validation MAP@R"))
 # The columns of the CSV beside every plot: one row per plotted point; panel is the axes'
 # title, series the line's or scatter's legend label, z empty in 2-D.
 PLOT_DATA_COLUMNS = ("panel", "series", "x", "y", "z")
@@ -374,14 +377,14 @@ def _series(records: Sequence[Mapping], key: str) -> tuple[list, list]:
 
 
 def plot_training_curves(runs: Mapping[str, Sequence[Mapping]], out_path) -> str:
-  """One figure, three panels (loss, fraction of active triplets, mean embedding norm).
+  """One figure, four panels (loss, fraction of active triplets, mean embedding norm, spread).
 
   Every run is a line in every panel, so e.g. semi-hard and batch-hard mining can be compared
   on the same axes. Records missing `step` or a panel's key are skipped in that panel.
 
   Args:
     runs: run name -> its metric records (dicts with `step`, `loss`, `fraction_active`,
-      `embedding_norm`, optionally `epoch`), in logging order.
+      `embedding_norm`, `embedding_spread`, optionally `epoch`), in logging order.
     out_path: PNG path; the CSV beside it holds every curve (panel, run, step, value).
 
   Returns:
@@ -389,7 +392,7 @@ def plot_training_curves(runs: Mapping[str, Sequence[Mapping]], out_path) -> str
   """
   if not isinstance(runs, Mapping):
     raise TypeError(f"runs must map a run name to its records, got {type(runs).__name__}.")
-  figure, panels = plt.subplots(1, len(_TRAINING_PANELS), figsize=(15, 4.2))
+  figure, panels = plt.subplots(1, len(_TRAINING_PANELS), figsize=(20, 4.2))
   colours = _class_colours(max(len(runs), 1))
   for axes, (key, name) in zip(panels, _TRAINING_PANELS):
     plotted = False
@@ -411,7 +414,8 @@ def plot_training_curves(runs: Mapping[str, Sequence[Mapping]], out_path) -> str
 
 def plot_eval_history(records: Sequence[Mapping], out_path,
                       curves: Sequence[tuple[str, str]] = _EVAL_CURVES) -> str:
-  """Evaluation metrics (by default precision@1 and MAP@R) against the training step.
+  """Evaluation metrics (by default precision@1 and MAP@R of the test set, and of the
+  validation set when there is one) against the training step.
 
   Args:
     records: evaluation records (dicts with `step` and the curves' keys); records missing a

@@ -8,12 +8,14 @@ and exports. A task supplies what differs:
     a pure function of (seed, epoch, step), so a resumed run sees the same batches;
   * `loss_fn(labels, embeddings) -> (loss, stats)`, inside the compiled train step, and
     `mining_scope`, how it is computed over the devices (`tripletjax.sharded`);
-  * `evaluate(trainer, mesh, final)`, `eval_line`, `after_evaluation`, `write_exports` and
-    `summary_line`: evaluation, its console line, per-evaluation plots and the final exports.
+  * `evaluate(trainer, mesh, final)`, `eval_line`, `after_evaluation`,
+    `write_exports(workdir, final, payload, notes)` and `summary_line`: evaluation, its console
+    line, per-evaluation plots and the final exports (`notes`: the mining-health verdict).
 
 Tasks by data name (`task_for`):
-  * "labelled" (digits, fashion_mnist, mnist, tfds:...): a mined loss over labelled batches
-    (`losses.MINED_LOSSES`), retrieval metrics on the test split (`evaluation`).
+  * "labelled" (digits, fashion_mnist, mnist, tfds:..., folder:...): a mined loss over
+    labelled batches (`losses.MINED_LOSSES`), retrieval metrics on the test split
+    (`evaluation`), under a class split on unseen classes.
   * "pairs" (`pairs:<folder or CSV>`, `pairs_demo:<source>`): batches of (anchor, positive,
     negative) triplets built from pairs of images known to look alike (`data.pairs`), the
     explicit triplet loss, and the pair metrics of `pair_evaluation` on held-out pairs.
@@ -39,11 +41,11 @@ from tripletjax.app import exports
 from tripletjax.app import pair_evaluation
 from tripletjax.app import reports
 from tripletjax.app import train_step
-from tripletjax.app.data import augmentations
 from tripletjax.app.data import datasets
 from tripletjax.app.data import images as images_lib
 from tripletjax.app.data import pair_demo
 from tripletjax.app.data import pairs as pairs_lib
+from tripletjax.app.data import pipeline as pipeline_lib
 from tripletjax.app.data import samplers
 
 PAIRS_PREFIX = "pairs:"
@@ -67,17 +69,29 @@ PICTURE_SIZE = 96
 
 
 class LabelledTask:
-  """Labelled images: a mined loss over class-labelled batches; retrieval on the test split."""
+  """Labelled images: a mined loss over class-labelled batches; retrieval on the test split
+  (leave-one-out, or queries against a gallery), on unseen classes under a class split."""
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
-    self.dataset = datasets.load_dataset(config.data.name, config.data.data_dir,
-                                         seed=config.seed, max_train=config.data.max_train,
-                                         max_test=config.data.max_test)
-    self.sampler = samplers.make_sampler(
-        config.batch.sampler, self.dataset.train.labels, batch_size=config.batch.batch_size,
-        classes_per_batch=config.batch.classes_per_batch,
-        samples_per_class=config.batch.samples_per_class, seed=config.seed)
+    self.dataset = load_labelled_data(config)
+    try:
+      self.sampler = samplers.make_sampler(
+          config.batch.sampler, self.dataset.train.labels, batch_size=config.batch.batch_size,
+          classes_per_batch=config.batch.classes_per_batch,
+          samples_per_class=config.batch.samples_per_class, seed=config.seed)
+    except ValueError as error:  # The batch settings do not fit this training set.
+      self.dataset.close()
+      raise errors.ConfigError(
+          f"config.batch does not fit the {len(self.dataset.train)} training examples of "
+          f"{len(self.dataset.train.classes)} classes: {error}",
+          "change config.batch.classes_per_batch / samples_per_class / batch_size") from error
+    self.pipeline = pipeline_lib.InputPipeline(config.data, config.seed)
+    if (config.model.weights is None and config.model.name.startswith("resnet")
+        and str(config.data.name).startswith(datasets.FOLDER_PREFIX)):
+      print("warning: config.model.weights is None: the backbone starts from random weights; "
+            "the metric-learning protocol fine-tunes an ImageNet-pretrained one (README, "
+            "'Pretrained backbones')", file=sys.stderr, flush=True)
     self.steps_per_epoch = self.sampler.steps_per_epoch
     self.input_shape = tuple(self.dataset.train.images.shape[1:])
     self.loss_fn = train_step.make_loss_fn(config.loss)
@@ -85,21 +99,28 @@ class LabelledTask:
     self.description = f"{config.loss.name} on {config.data.name}"
 
   def batches(self, epoch: int, start_step: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    config, train = self.config, self.dataset.train
-    for step, indices in enumerate(
-        itertools.islice(self.sampler.epoch(epoch), start_step, None), start=start_step):
-      images = augmentations.augment(train.images[indices], config.data.augment,
-                                     seed=config.seed, epoch=epoch, step=step,
-                                     max_shift=config.data.max_shift)
-      yield images, train.labels[indices].astype(np.int32)
+    for images, labels in self.pipeline.train_batches(self.dataset.train, self.sampler, epoch,
+                                                      start_step):
+      yield images, labels.astype(np.int32)
 
   def evaluate(self, trainer, mesh, final: bool) -> tuple[dict, np.ndarray]:
-    return evaluation.evaluate(trainer, mesh, self.dataset, seed=self.config.seed,
-                               with_train=final)
+    metrics, test_embeddings = evaluation.evaluate(
+        trainer, mesh, self.dataset, self.pipeline, self.config.eval, seed=self.config.seed,
+        with_train=final)
+    unreadable = _unreadable_files(self.dataset)
+    if unreadable:
+      metrics.update(unreadable_images=len(unreadable), unreadable_files=unreadable)
+    return metrics, test_embeddings
 
   @staticmethod
   def eval_line(metrics: dict) -> str:
-    return f"precision@1 {metrics['precision_at_1']:.4f}  MAP@R {metrics['map_at_r']:.4f}"
+    where = "unseen classes: " if metrics.get("num_unseen_test_classes") else ""
+    line = (f"{where}precision@1 {metrics['precision_at_1']:.4f}  "
+            f"MAP@R {metrics['map_at_r']:.4f}")
+    if "validation_precision_at_1" in metrics:
+      line += (f"  validation: precision@1 {metrics['validation_precision_at_1']:.4f}  "
+               f"MAP@R {metrics['validation_map_at_r']:.4f}")
+    return line
 
   def after_evaluation(self, workdir: str, epoch: int, test_embeddings: np.ndarray) -> None:
     if self.config.export.pca_every_eval:
@@ -110,8 +131,10 @@ class LabelledTask:
                        title=f"{self.config.loss.name}, epoch {epoch}",
                        class_names=self.dataset.class_names)
 
-  def write_exports(self, workdir: str, final: dict, test_embeddings: np.ndarray) -> None:
-    reports.write_exports(workdir, self.config, self.dataset, test_embeddings, final)
+  def write_exports(self, workdir: str, final: dict, test_embeddings: np.ndarray,
+                    notes: str = "") -> None:
+    reports.write_exports(workdir, self.config, self.dataset, test_embeddings, final,
+                          notes=notes)
 
   @staticmethod
   def summary_line(final: dict) -> str:
@@ -119,7 +142,27 @@ class LabelledTask:
             f"R-precision {final['r_precision']:.4f}  NMI {final['nmi']:.4f}")
 
   def close(self) -> None:
-    pass
+    self.dataset.close()
+
+
+def load_labelled_data(config: ml_collections.ConfigDict) -> datasets.Dataset:
+  """The labelled dataset of `config.data`: class split, validation, image options."""
+  data = config.data
+  return datasets.load_dataset(
+      data.name, data.data_dir, seed=config.seed, max_train=data.max_train,
+      max_test=data.max_test, class_split=data.class_split,
+      validation_fraction=data.validation_fraction,
+      image_options=datasets.ImageOptions(
+          size=data.image_size, channels=data.image_channels, eval_resize=data.eval_resize,
+          unreadable=data.unreadable, workers=data.decode_workers))
+
+
+def _unreadable_files(dataset: datasets.Dataset) -> dict[str, str]:
+  """{path: reason} of the image files skipped as unreadable (the "skip" policy)."""
+  for split in (dataset.train, dataset.test, dataset.validation):
+    if split is not None and images_lib.is_lazy(split.images):
+      return dict(sorted(split.images.decoder.unreadable.items()))
+  return {}
 
 
 # ----------------------------------------------------------------------------- pairs
@@ -269,7 +312,7 @@ class PairTask:
   def after_evaluation(self, workdir: str, epoch: int, payload: dict) -> None:
     del workdir, epoch, payload
 
-  def write_exports(self, workdir: str, final: dict, payload: dict) -> None:
+  def write_exports(self, workdir: str, final: dict, payload: dict, notes: str = "") -> None:
     num_validation = len(self.validation)
     embeddings = payload["embeddings"]
     limit = min(self.config.export.projector_max_points, len(embeddings))
@@ -295,7 +338,7 @@ class PairTask:
         query_images, retrieved, ranked == queries[:, None],
         os.path.join(workdir, "plots", "retrieval_examples.png"),
         query_names=[self.pairs.names[self.validation[q, 0]] for q in queries])
-    reports.write_pair_exports(workdir, self.config, final, [figure])
+    reports.write_pair_exports(workdir, self.config, final, [figure], notes=notes)
 
   @staticmethod
   def summary_line(final: dict) -> str:

@@ -4,7 +4,7 @@ A batch goes from the task (`tasks`: labelled images through `data.datasets`, `d
 and `data.augmentations`, or triplets of image files through `data.pairs` and `data.images`;
 deterministic given seed, epoch and step) -> `parallel.shard_batch` (each process puts its
 rows on its devices) -> `train_step` (forward, the task's loss over the global batch, Optax
-update). Around the steps: metrics (`metric_logging`),
+update). Around the steps: metrics (`metric_logging`), the mining-health monitor (`monitor`),
 evaluation (`evaluation`), checkpoints (`checkpointing`, resumed at the exact step), stop
 signals (`preemption`) and, at the end, the exports (`reports`).
 """
@@ -25,6 +25,7 @@ from tqdm import tqdm
 from tripletjax.app import checkpointing
 from tripletjax.app import errors
 from tripletjax.app import metric_logging
+from tripletjax.app import monitor as monitor_lib
 from tripletjax.app import parallel
 from tripletjax.app import preemption
 from tripletjax.app import tasks
@@ -130,6 +131,11 @@ def _train(config, workdir, changes, checkpoints, stop_signals, mesh, task) -> d
   keep_until_step = step if meta else None
   train_log = metric_logging.MetricLog(workdir, "metrics", keep_until_step, enabled=is_main)
   eval_log = metric_logging.MetricLog(workdir, "eval", keep_until_step, enabled=is_main)
+  health_log = metric_logging.MetricLog(workdir, "health", keep_until_step, tensorboard=False,
+                                        enabled=is_main)
+  monitor = monitor_lib.MiningMonitor(config)
+  if meta and os.path.exists(train_log.path):  # The monitor's state at the checkpoint.
+    monitor.replay(metric_logging.read_metrics_jsonl(train_log.path))
 
   def save(step, epoch_done):
     if step in checkpoints.steps():
@@ -188,6 +194,10 @@ def _train(config, workdir, changes, checkpoints, stop_signals, mesh, task) -> d
           train_log.write(step, {"epoch": epoch + 1, "skipped_steps": skipped_steps, **record})
           progress.set_postfix(loss=f"{record['loss']:.4f}",
                                active=f"{record['fraction_active']:.3f}")
+          for warning in monitor.update(step, record):
+            if is_main:
+              progress.write(f"warning: {warning}")
+            health_log.write(step, warning.record())
         progress.update(1)
       check_finite()
       epoch_seconds = time.time() - epoch_start
@@ -208,17 +218,23 @@ def _train(config, workdir, changes, checkpoints, stop_signals, mesh, task) -> d
     progress.close()
     train_log.close()
     eval_log.close()
+    health_log.close()
   checkpoints.wait()
 
   if evaluated is None:  # Resumed after the last epoch: evaluate the restored model.
     metrics, evaluated = task.evaluate(trainer, mesh, final=True)
   final = dict(metrics)
   final.update(loss=config.loss.name, dataset=config.data.name, epochs=config.num_epochs,
-               steps=step, train_seconds=train_seconds, skipped_steps=skipped_steps)
+               steps=step, train_seconds=train_seconds, skipped_steps=skipped_steps,
+               health_warnings=[warning.record() for warning in monitor.warnings])
   if is_main:
     with open(os.path.join(workdir, "eval.json"), "w") as f:
       json.dump(final, f, indent=2)
-    task.write_exports(workdir, final, evaluated)
+    notes = monitor.summary()
+    if final.get("unreadable_images"):
+      notes += (f"\n\n{final['unreadable_images']} unreadable image files were skipped "
+                "(unreadable_files in eval.json, when the task lists them).")
+    task.write_exports(workdir, final, evaluated, notes=notes)
   return final
 
 

@@ -40,6 +40,15 @@ def model_options(model_config: ml_collections.ConfigDict) -> dict:
           if name in models.OPTION_NAMES and value is not None}
 
 
+def embedding_spread(embeddings: jax.Array) -> jax.Array:
+  """Mean squared distance of the [B, E] embeddings to their mean: half the mean squared
+  distance between two of them. 0 when every embedding is the same point (collapse); for
+  unit embeddings 1 - |mean|^2, about 1 when they spread over the sphere."""
+  embeddings = jax.lax.stop_gradient(embeddings).astype(jnp.float32)
+  centred = embeddings - jnp.mean(embeddings, axis=0)
+  return jnp.mean(jnp.sum(centred * centred, axis=-1))
+
+
 @dataclasses.dataclass
 class Trainer:
   """The model, its optimizer and the compiled functions that use them."""
@@ -97,8 +106,8 @@ def build_trainer(config, input_shape, total_steps, mesh, loss_fn: Callable | No
     def objective(model):
       output = parallel.apply_in_chunks(model, images, num_chunks)
       loss, stats = loss_fn(labels, output.embeddings)
-      return loss, (stats, output.norms)
-    (loss, (stats, norms)), grads = nnx.value_and_grad(
+      return loss, (stats, output.norms, embedding_spread(output.embeddings))
+    (loss, (stats, norms, spread)), grads = nnx.value_and_grad(
         objective, argnums=nnx.DiffState(0, trainable), has_aux=True)(model)
     optimizer.update(model, grads)
     learning_rate = schedule(optimizer.step.value - 1)
@@ -109,7 +118,8 @@ def build_trainer(config, input_shape, total_steps, mesh, loss_fn: Callable | No
     after = nnx.state((model, optimizer), nnx.Not(nnx.RngState))
     nnx.update((model, optimizer),
                jax.tree.map(lambda new, old: jnp.where(finite, new, old), after, before))
-    metrics = {"loss": loss, "embedding_norm": jnp.mean(norms), "learning_rate": learning_rate,
+    metrics = {"loss": loss, "embedding_norm": jnp.mean(norms), "embedding_spread": spread,
+               "learning_rate": learning_rate,
                "nonfinite": jnp.logical_not(finite).astype(jnp.int32), **stats}
     return jax.lax.with_sharding_constraint(metrics, replicated)
 

@@ -3,8 +3,11 @@ allowed; the shipped config files pass."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from tests import subprocesses
 from tests.app import runs
 from tripletjax import losses
 from tripletjax.app import errors
@@ -45,12 +48,12 @@ def config_with(key: str, value):
     ("loss.metric", "cosine", "one of 'angular', 'l2', 'squared_l2'"),
     ("loss.mining_scope", "globl", "one of 'global', 'local', 'replicated'"),
     ("model.name", "vgg16", "one of 'hsu_cnn'"),
-    ("optimizer.name", "lamb", "one of 'adam', 'adamw', 'sgd'"),
+    ("optimizer.name", "lamb", "one of 'adam', 'adamw', 'rmsprop', 'sgd'"),
     ("optimizer.schedule", "linear", "one of 'constant', 'cosine', 'warmup_cosine'"),
     ("batch.sampler", "random", "one of 'balanced', 'shuffled'"),
     ("data.augment", "rotate", "one of 'flip'"),
-    ("data.name", "imagenet", "one of digits, fashion_mnist, mnist, tfds:<name>"),
-    ("data.name", "tfds:", "one of digits, fashion_mnist, mnist, tfds:<name>"),
+    ("data.name", "imagenet", "one of digits, fashion_mnist, mnist, folder:<path>, tfds:<name>"),
+    ("data.name", "tfds:", "one of digits, fashion_mnist, mnist, folder:<path>, tfds:<name>"),
     ("model.width", 8, "model 'tfa_cnn' has no such option"),
     ("model.forward_chunks", 3, "must divide the batch size per device"),
     ("batch.batch_size", 100, "must equal classes_per_batch x samples_per_class"),
@@ -88,7 +91,12 @@ def test_unknown_key_in_a_config_file_is_an_error():
     checks.check_config(config)
 
 
-@pytest.mark.parametrize("name", ["digits", "fashion_mnist", "mnist"])
+SHIPPED_CONFIGS = sorted(name[:-3]
+                         for name in os.listdir(os.path.join(subprocesses.REPO, "configs"))
+                         if name.endswith(".py"))
+
+
+@pytest.mark.parametrize("name", SHIPPED_CONFIGS)
 def test_shipped_configs_pass(name):
   checks.check_config(runs.load_config_module(name).get_config())
   checks.check_config(defaults.get_config())
@@ -108,7 +116,52 @@ def test_bad_config_values_are_named(key, value, message):
 
 
 def test_every_config_file_loads():
-  for name in ["digits", "fashion_mnist", "mnist"]:
+  assert {"cub200", "cars196", "sop", "inshop", "digits"} <= set(SHIPPED_CONFIGS)
+  for name in SHIPPED_CONFIGS:
     module = runs.load_config_module(name)
     checks.check_config(module.get_config())
     assert module.__doc__ and "python -m tripletjax.main" in module.__doc__
+
+
+# --- the protocol's keys: class splits, image files, evaluation, the monitor ------------------
+
+
+@pytest.mark.parametrize("changes, key, allowed", [
+    ({"data.class_split": "halves"}, "data.class_split", "must be one of none, half, "
+     "<first>:<last>"),
+    ({"data.class_split": "9:2"}, "data.class_split", "first class 9 is after last class 2"),
+    ({"data.validation_fraction": 1.0}, "data.validation_fraction",
+     "must be a number in [0, 1)"),
+    ({"data.augment": "crop_flip"}, "data.augment",
+     "must be one of 'flip', 'flip_shift', 'none', 'shift'"),
+    ({"data.name": "folder:/data/cub", "data.augment": "shift"}, "data.augment",
+     "must be one of 'crop', 'crop_flip', 'flip', 'none'"),
+    ({"data.image_channels": 2}, "data.image_channels", "must be 1 (grey) or 3 (RGB)"),
+    ({"data.eval_resize": 200}, "data.eval_resize", "must be an integer >= 224 or None"),
+    ({"data.crop_scale": (0.5, 0.2)}, "data.crop_scale", "0 < low <= high <= 1"),
+    ({"data.crop_ratio": (0.0, 1.0)}, "data.crop_ratio", "0 < low <= high"),
+    ({"data.name": "pairs:/data/tll", "loss.name": "triplet", "data.validation_fraction": 0.2,
+      "data.class_split": "half"}, "data.class_split", "must be 'none' for pairs"),
+    ({"data.unreadable": "ignore"}, "data.unreadable", "must be one of 'error', 'skip'"),
+    ({"data.decode_workers": -1}, "data.decode_workers", "must be an integer >= 0"),
+    ({"data.prefetch_batches": 0}, "data.prefetch_batches", "must be an integer >= 1"),
+    ({"eval.recall_ks": ()}, "eval.recall_ks", "must be a non-empty tuple of integers >= 1"),
+    ({"eval.recall_ks": (0, 1)}, "eval.recall_ks", "must be a non-empty tuple"),
+    ({"eval.backend": "annoy"}, "eval.backend", "must be one of 'auto', 'faiss', 'numpy'"),
+    ({"eval.faiss_min_size": 0}, "eval.faiss_min_size", "must be an integer >= 1"),
+    ({"monitor.patience_steps": 0}, "monitor.patience_steps", "must be an integer >= 1"),
+])
+def test_bad_protocol_values_are_one_line_errors(changes, key, allowed):
+  with pytest.raises(errors.ConfigError) as caught:
+    checks.check_config(runs.override(defaults.get_config(), changes), num_devices=1)
+  message = str(caught.value)
+  assert message.startswith(f"config.{key}=") and allowed in message, message
+  assert "\n" not in message
+
+
+def test_good_protocol_values_pass():
+  checks.check_config(runs.override(defaults.get_config(), {
+      "data.class_split": "0:4", "data.validation_fraction": 0.2,
+      "data.name": "folder:/data/cub", "data.augment": "crop_flip",
+      "data.crop_scale": (0.08, 1.0), "eval.recall_ks": (1, 10), "eval.backend": "numpy"}),
+      num_devices=1)

@@ -23,14 +23,17 @@ from tripletjax import mining
 from tripletjax import sharded
 from tripletjax import validation
 from tripletjax.app import errors
+from tripletjax.app import faiss_index
 from tripletjax.app import models
 from tripletjax.app import optimizers
+from tripletjax.app import retrieval
 from tripletjax.app import tasks
 from tripletjax.app.config import defaults
 from tripletjax.app.data import augmentations
 from tripletjax.app.data import datasets
 from tripletjax.app.data import images
 from tripletjax.app.data import samplers
+from tripletjax.app.data import splits
 from tripletjax.app.models import resnet
 from tripletjax.app.models import weights
 
@@ -160,14 +163,25 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
   check.integer("data.max_train", 1, optional=True)
   check.integer("data.max_test", 1, optional=True)
   check.number("data.validation_fraction", minimum=0.0, below=1.0)
+  try:
+    splits.check_class_split(check["data.class_split"])
+  except ValueError as error:
+    _fail("data.class_split", check["data.class_split"], str(error))
   if task == "pairs":
     check.number("data.validation_fraction", minimum=0.0, exclusive_minimum=True, below=1.0)
     check.choice("data.augment", tasks.PAIR_AUGMENTATIONS)
     check.choice("batch.sampler", ["shuffled"])
+    if check["data.class_split"] != "none":
+      _fail("data.class_split", check["data.class_split"],
+            "must be 'none' for pairs (a pair's two images are its only class)")
+  elif isinstance(name, str) and name.startswith(datasets.FOLDER_PREFIX):
+    check.choice("data.augment", augmentations.FILE_AUGMENTATIONS)
   else:
     check.choice("data.augment", augmentations.AUGMENTATIONS)
   check.integer("data.max_shift", 0)
   check.integer("data.image_size", 1)
+  if check["data.image_channels"] not in (1, 3) or isinstance(check["data.image_channels"], bool):
+    _fail("data.image_channels", check["data.image_channels"], "must be 1 (grey) or 3 (RGB)")
   check.integer("data.eval_resize", check["data.image_size"], optional=True)
   for key, low, high in (("data.crop_scale", 0.0, 1.0), ("data.crop_ratio", 0.0, math.inf)):
     value = check[key]
@@ -260,6 +274,18 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
   check.number("optimizer.weight_decay", minimum=0.0)
   check.number("optimizer.momentum", minimum=0.0, below=1.0)
   check.number("optimizer.grad_clip_norm", minimum=0.0)
+
+  ks = check["eval.recall_ks"]
+  if not (isinstance(ks, (tuple, list)) and ks and all(_is_integer(k) and k >= 1 for k in ks)):
+    _fail("eval.recall_ks", ks, "must be a non-empty tuple of integers >= 1")
+  check.choice("eval.backend", retrieval.BACKENDS)
+  if config.eval.backend == "faiss" and not faiss_index.available():
+    raise errors.MissingDependencyError(
+        "config.eval.backend='faiss': faiss is not installed", faiss_index.INSTALL_HINT)
+  check.integer("eval.faiss_min_size", 1)
+
+  check.boolean("monitor.enabled")
+  check.integer("monitor.patience_steps", 1)
 
   check.integer("export.projector_max_points", 1)
   check.boolean("export.pca_every_eval")

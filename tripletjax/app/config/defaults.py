@@ -17,24 +17,33 @@ def get_config() -> ml_collections.ConfigDict:
   config.quiet = False  # True hides the progress bar.
 
   config.data = ml_collections.ConfigDict()
-  # Labelled images: digits | fashion_mnist | mnist | tfds:<name>. Pairs of images that look
-  # alike (app/data/pairs.py): pairs:<folder of left/ and right/, or CSV> | pairs_demo:<digits
+  # Labelled images: digits | fashion_mnist | mnist | tfds:<name> | folder:<path> (image files
+  # arranged by class, app/data/folders.py). Pairs of images that look alike
+  # (app/data/pairs.py): pairs:<folder of left/ and right/, or CSV> | pairs_demo:<digits
   # | fashion_mnist> (an offline pair folder written into data_dir, app/data/pair_demo.py).
   config.data.name = "digits"
   config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
   # At most this many training (test) examples; pairs: training (validation) pairs.
   config.data.max_train = ml_collections.FieldReference(None, field_type=int)
   config.data.max_test = ml_collections.FieldReference(None, field_type=int)
-  # Hold out this fraction for validation (pairs: of the pairs, at least 2).
+  # Labelled images: train and test on disjoint classes, none | half | <first>:<last>
+  # (app/data/splits.py).
+  config.data.class_split = "none"
+  # Hold out this fraction for validation. Labelled images: of the training classes when the
+  # test classes are unseen (class split, SOP, In-Shop), of each class's examples otherwise.
+  # Pairs: of the pairs (at least 2). 0: no validation set (labelled images).
   config.data.validation_fraction = 0.0
-  # In-memory images: none | flip | shift | flip_shift; image files (pairs:): none | flip |
-  # crop | crop_flip (app/data/augmentations.py, app/tasks.py).
+  # In-memory images: none | flip | shift | flip_shift; image files (folder:, pairs:): none |
+  # flip | crop | crop_flip (app/data/augmentations.py).
   config.data.augment = "none"
   config.data.max_shift = 2  # shift, flip_shift: largest translation in pixels.
-  # Image files (pairs:): square crops of image_size; evaluation resizes the shorter side to
-  # eval_resize (None: the crop spans the shorter side), then crops the centre; training's
-  # random resized crops cover crop_scale of the area at aspect ratios crop_ratio.
+  # Image files (folder:, pairs:): square crops of image_size, image_channels 1 (grey) or 3
+  # (RGB, folder: only); evaluation resizes the shorter side to eval_resize (None: the crop
+  # spans the shorter side; "A Metric Learning Reality Check" resizes to 256 for 224), then
+  # crops the centre; training's random resized crops cover crop_scale of the area at aspect
+  # ratios crop_ratio.
   config.data.image_size = 224
+  config.data.image_channels = 3
   config.data.eval_resize = ml_collections.FieldReference(None, field_type=int)
   config.data.crop_scale = (0.16, 1.0)
   config.data.crop_ratio = (3 / 4, 4 / 3)
@@ -95,16 +104,29 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch.samples_per_class = 16  # K, balanced only.
 
   config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "adam"  # adam | adamw | sgd
+  config.optimizer.name = "adam"  # adam | adamw | sgd | rmsprop
   config.optimizer.learning_rate = 1e-3
   config.optimizer.schedule = "constant"  # constant | cosine | warmup_cosine
   config.optimizer.warmup_steps = 0
-  config.optimizer.weight_decay = 1e-4  # adamw only.
-  config.optimizer.momentum = 0.9  # sgd only.
+  config.optimizer.weight_decay = 1e-4  # adamw (decoupled) and rmsprop (L2) only.
+  config.optimizer.momentum = 0.9  # sgd and rmsprop only.
   config.optimizer.grad_clip_norm = 0.0  # 0 disables clipping.
   # A step with a non-finite loss or gradient stops the run (False) or is skipped and counted
   # in the metrics' skipped_steps (True). The state is never updated by such a step.
   config.optimizer.skip_nonfinite = False
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.recall_ks = (1, 2, 4, 8)  # The k of recall@k.
+  # Neighbour search: auto | numpy | faiss (the same results); auto takes faiss (if installed)
+  # for galleries of at least faiss_min_size embeddings searched for at most 64 neighbours.
+  config.eval.backend = "auto"
+  config.eval.faiss_min_size = 20_000
+
+  config.monitor = ml_collections.ConfigDict()
+  # Warn about embedding collapse, dead mining or batches without positive pairs once a sign
+  # has lasted patience_steps steps (app/monitor.py).
+  config.monitor.enabled = True
+  config.monitor.patience_steps = 200
 
   config.export = ml_collections.ConfigDict()
   config.export.projector_max_points = 2000
