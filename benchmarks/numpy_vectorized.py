@@ -25,25 +25,25 @@ Where the loss has a kink (ties, hinge exactly 0) the one-sided choice is the JA
 
 Mining sorts distance rows packed into integer keys: the bits of a non-negative float32 order
 like the float itself. This module imports nothing from `tripletjax`, so that agreement with
-the package (tested in tests/test_numpy_vectorized.py) is agreement of two implementations:
+the package (tested in tests/benchmarks/test_numpy_vectorized.py) is agreement of two
+implementations:
 
   * semi-hard: every negative of anchor i becomes the uint64 key (i, distance bits, column),
     every other entry of row i a key after them; the rows sorted, the flattened keys are sorted
     as a whole. One binary search (`np.searchsorted`) of every ordered positive pair's key
     (i, D_ij bits, largest column) finds the nearest negative strictly farther than D_ij; a
     search that lands past row i's negatives falls back to the last one, the farthest. The
-    package's CPU miner (`tripletjax.host_mining`) finds the same negatives differently, with
+    package's CPU miner (`tripletjax.mining.host`) finds the same negatives differently, with
     a reverse running minimum over runs of tagged entries.
-  * batch-all: keys (distance bits, tag, column) in (distance, tag, column) order; the forward
-    function needs no permutation and sorts 32-bit keys (distance bits << 1 | tag, twice as
-    fast), the gradient function 64-bit keys (distance bits << 32 | tag << 31 | column) to
-    send the gradient back to the original columns. Each anchor is moved to the end of its row
-    (key = largest float, tagged like a negative), so every row ends with a known entry. The
-    row holds D_ap + margin for positives and D_an for negatives, positives first on ties, so
-    the active triplets of a positive are the negatives to its left: their number is (sorted
-    column - rank among the row's positives) and their sum a running sum of the segments
-    between consecutive positives (`np.add.reduceat`), over the flat sorted positions of the
-    positives (one `flatnonzero`).
+  * batch-all: 32-bit keys (distance bits << 1 | tag) order a row by (distance, tag); the
+    forward function sorts them, the gradient function takes their `np.argsort`, whose
+    permutation sends the gradient back to the original columns. Each anchor is moved to the
+    end of its row (key = largest float, tagged like a negative), so every row ends with a
+    known entry. The row holds D_ap + margin for positives and D_an for negatives, positives
+    first on ties, so the active triplets of a positive are the negatives to its left: their
+    number is (sorted column - rank among the row's positives) and their sum a running sum of
+    the segments between consecutive positives (`np.add.reduceat`), over the flat sorted
+    positions of the positives (one `flatnonzero`).
 """
 
 from __future__ import annotations
@@ -52,11 +52,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-# Word order of a uint64 viewed as two uint32.
-_HIGH, _LOW = (1, 0) if np.little_endian else (0, 1)
 _FLOAT32_MAX_BITS = 0x7F7FFFFF  # The largest finite float32: sorts after any distance.
 _NOT_SIGN = 0x7FFFFFFF          # Clears the sign bit, so that -0.0 sorts like 0.0.
-_TAG_BIT = 0x80000000
 
 
 def _check_inputs(labels, embeddings, margin):
@@ -143,11 +140,13 @@ def _gradient_from_entries(embeddings: np.ndarray, rows: np.ndarray, columns: np
 
 
 # ----------------------------------------------------------------------------------------------
-# Row sorts with packed keys.
+# Sort keys of distance rows.
 
 
-def _sorted_keys32(values: np.ndarray, tags: np.ndarray, anchor_tag: bool) -> np.ndarray:
-  """Rows of uint32 keys (value bits << 1 | tag), sorted; the anchor goes last.
+def _keys32(values: np.ndarray, tags: np.ndarray, anchor_tag: bool) -> np.ndarray:
+  """Rows of uint32 keys (value bits << 1 | tag), unsorted; each anchor's key the largest.
+
+  Keys order like (value, tag); equal keys are equal entries.
 
   Args:
     values: [B, B] float32, >= 0 (-0.0 allowed).
@@ -158,28 +157,7 @@ def _sorted_keys32(values: np.ndarray, tags: np.ndarray, anchor_tag: bool) -> np
   keys <<= 1
   keys |= tags
   keys[_diagonal(keys.shape[0])] = (_FLOAT32_MAX_BITS << 1) | int(anchor_tag)
-  keys.sort(axis=1)
   return keys
-
-
-def _sorted_keys64(values: np.ndarray, tags: np.ndarray, anchor_tag: bool) -> np.ndarray:
-  """Rows of uint64 keys (value bits << 32 | tag << 31 | column), sorted; the anchor goes last."""
-  batch, num_columns = values.shape
-  keys = np.empty((batch, num_columns), np.uint64)
-  words = keys.view(np.uint32).reshape(batch, num_columns, 2)
-  np.bitwise_and(values.view(np.uint32), _NOT_SIGN, out=words[..., _HIGH])
-  np.left_shift(tags, 31, out=words[..., _LOW], dtype=np.uint32, casting="unsafe")
-  words[..., _LOW] |= np.arange(num_columns, dtype=np.uint32)
-  index = _diagonal(batch)
-  words[index + (_HIGH,)] = _FLOAT32_MAX_BITS
-  words[index + (_LOW,)] = np.arange(batch, dtype=np.uint32) | (_TAG_BIT if anchor_tag else 0)
-  keys.sort(axis=1)
-  return keys
-
-
-def _low_words(keys: np.ndarray) -> np.ndarray:
-  """[B, C] int32 view of the keys' low words: negative where tagged."""
-  return keys.view(np.int32).reshape(*keys.shape, 2)[..., _LOW]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -396,7 +374,8 @@ def batch_all_triplet_loss(labels, embeddings, margin: float = 1.0) -> float:
   labels, embeddings, margin = _check_inputs(labels, embeddings, margin)
   distances = pairwise_l2_distances(embeddings)
   same = _same_class(labels)
-  keys = _sorted_keys32(_batch_all_values(distances, same, margin), ~same, anchor_tag=True)
+  keys = _keys32(_batch_all_values(distances, same, margin), ~same, anchor_tag=True)
+  keys.sort(axis=1)
   positions = np.flatnonzero((keys & 1) == 0)
   if positions.size == 0:
     return 0.0
@@ -411,13 +390,16 @@ def batch_all_triplet_loss_and_grad(labels, embeddings, margin: float = 1.0):
   labels, embeddings, margin = _check_inputs(labels, embeddings, margin)
   distances = pairwise_l2_distances(embeddings)
   same = _same_class(labels)
-  keys = _sorted_keys64(_batch_all_values(distances, same, margin), ~same, anchor_tag=True)
+  keys = _keys32(_batch_all_values(distances, same, margin), ~same, anchor_tag=True)
+  # The permutation sends the gradient back to the original columns. Equal keys are entries
+  # with the same value and tag, whose gradients are equal: their order does not matter.
+  order = np.argsort(keys, axis=1)
+  keys = np.take_along_axis(keys, order, axis=1)
   batch, num_columns = keys.shape
-  low = _low_words(keys)
-  positions = np.flatnonzero(low >= 0)
+  positions = np.flatnonzero((keys & 1) == 0)
   if positions.size == 0:
     return 0.0, np.zeros_like(embeddings)
-  values = np.ascontiguousarray(keys.view(np.float32).reshape(batch, num_columns, 2)[..., _HIGH])
+  values = (keys >> 1).view(np.float32)
   positives = _batch_all_positives(values, positions)
   num_active = positives.negatives_left.sum()
   if num_active == 0:
@@ -433,10 +415,9 @@ def batch_all_triplet_loss_and_grad(labels, embeddings, margin: float = 1.0):
   sorted_gradient -= positives.row_count[:, None].astype(np.float32)
   flat_gradient[positions] = positives.negatives_left
   # Back to the original columns, then divided by the distances.
-  columns = (low & _NOT_SIGN).astype(np.intp)
-  columns += (np.arange(batch) * num_columns)[:, None]
+  order += (np.arange(batch) * num_columns)[:, None]
   coefficients = np.empty(batch * num_columns, np.float32)
-  coefficients[columns.reshape(-1)] = flat_gradient
+  coefficients[order.reshape(-1)] = flat_gradient
   coefficients = coefficients.reshape(batch, num_columns)
   coefficients *= _safe_reciprocal(distances)
   gradient = _gradient_from_dense(embeddings, coefficients)

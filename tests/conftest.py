@@ -44,3 +44,36 @@ def tfds():
     skip_unless_ci(f"tensorflow_datasets cannot be imported ({error}); "
                    "pip install tensorflow-datasets")
   return tensorflow_datasets
+
+
+def import_torchvision():
+  """The torchvision module (the `torch` extra); skips, or fails under CI, where it is missing."""
+  try:
+    import torchvision  # pylint: disable=import-outside-toplevel
+  except ImportError as error:
+    skip_unless_ci(f"torchvision cannot be imported ({error}); pip install 'tripletjax[torch]'")
+  return torchvision
+
+
+def import_keras():
+  """Keras 3 on its JAX backend (the `keras` extra; no TensorFlow needed); skips, or fails under
+  CI, where it is missing."""
+  os.environ.setdefault("KERAS_BACKEND", "jax")
+  try:
+    import keras  # pylint: disable=import-outside-toplevel
+  except ImportError as error:
+    skip_unless_ci(f"keras cannot be imported ({error}); pip install 'tripletjax[keras]'")
+  if keras.backend.backend() != "jax":
+    pytest.fail(f"keras was imported with the {keras.backend.backend()!r} backend; these tests "
+                "need KERAS_BACKEND=jax", pytrace=False)
+  return keras
+
+
+@pytest.fixture
+def torchvision():
+  return import_torchvision()
+
+
+@pytest.fixture
+def keras():
+  return import_keras()

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 import tripletjax
+from tests.mining import oracle
 from tripletjax import reference
 from tripletjax.mining import blocks
 
@@ -225,18 +226,14 @@ def test_random_batches_match_reference(metric, batch_size):
                                 context=f"B={batch_size} classes={num_classes}")
 
 
-def _integer_grid(rng: np.random.Generator, batch_size: int) -> np.ndarray:
-  # Coordinates in {0, 1, 2}: squared distances are small integers, exact in float32 and
-  # float64, so the same exact ties (positive vs negative, negative vs negative) occur in both.
-  return rng.integers(0, 3, size=(batch_size, FEATURES)).astype(np.float32)
-
-
 def _degenerate_batches():
   """(name, labels, embeddings, metrics): batches at the edges of the mining rules."""
   rng = np.random.default_rng(7)
   normal = lambda b: rng.normal(size=(b, FEATURES)).astype(np.float32)
   duplicated = np.repeat(normal(4), 4, axis=0)  # 16 rows, each row 4 times.
-  grid = _integer_grid(rng, 16)
+  # Coordinates in {0, 1, 2}: squared distances are small integers, exact in float32 and
+  # float64, so the same exact ties (positive vs negative, negative vs negative) occur in both.
+  grid = oracle.integer_grid(rng, 16, dim=FEATURES)
   return [
       ("one_class", np.zeros(16, np.int32), normal(16), METRICS),
       ("all_distinct", np.arange(16, dtype=np.int32), normal(16), METRICS),
@@ -297,14 +294,15 @@ def test_large_batch_matches_reference():
 
 def test_anchor_blocks_match_reference(monkeypatch):
   # Batches above 2048 x 2048 distance entries are mined in blocks of anchor rows (a lax.scan
-  # with padding rows; sums for semi-hard and batch-all, per-anchor results for batch-hard).
+  # with padding rows; sums for semi-hard, batch-all and contrastive, per-anchor results for
+  # batch-hard).
   # Shrink the block budget so that a small batch takes that path too: 40 rows per block,
   # 4 blocks, the last one with 30 padding rows.
   batch_size = 130
   rng = np.random.default_rng(40)
   labels = rng.integers(0, 5, size=batch_size).astype(np.int32)
   embeddings = rng.normal(size=(batch_size, FEATURES)).astype(np.float32)
-  variants = ("semihard", "batch_all", "hard", "hard_soft")
+  variants = ("semihard", "batch_all", "hard", "hard_soft", "contrastive")
 
   def losses_and_gradients():
     # A new function object each time, so that jit traces it again (the budget is read while
@@ -453,15 +451,6 @@ def _well_separated_embeddings(metric: str) -> np.ndarray:
   raise AssertionError("no well-separated batch found")
 
 
-def _central_differences(fn, x: np.ndarray, eps: float = 1e-3) -> np.ndarray:
-  gradient = np.zeros_like(x)
-  for index in np.ndindex(x.shape):
-    step = np.zeros_like(x)
-    step[index] = eps
-    gradient[index] = (fn(x + step) - fn(x - step)) / (2 * eps)
-  return gradient
-
-
 @pytest.mark.parametrize("metric", METRICS)
 def test_gradients_match_finite_differences_of_reference(metric):
   embeddings = _well_separated_embeddings(metric)
@@ -471,7 +460,7 @@ def test_gradients_match_finite_differences_of_reference(metric):
   for variant, (value, gradient) in results.items():
     reference_loss = lambda x, fn=_reference_fn(variant): fn(GRADIENT_LABELS, x, margin=margin,
                                                              metric=metric)
-    expected = _central_differences(reference_loss, embeddings)
+    expected = oracle.central_differences(reference_loss, embeddings, step=1e-3)
     assert np.abs(expected).max() > 1e-2, f"{variant}: the batch should have active terms"
     np.testing.assert_allclose(float(value), reference_loss(embeddings), rtol=1e-5, atol=1e-5,
                                err_msg=variant)
@@ -487,13 +476,13 @@ def test_pair_and_explicit_triplet_gradients_match_finite_differences():
   # Margin 1.5 (not near any distance of this batch) keeps both hinges away from their kinks.
   pair_grad = jax.grad(tripletjax.contrastive_pair_loss, argnums=1)(
       same, left.astype(np.float32), right.astype(np.float32), 1.5)
-  expected = _central_differences(
-      lambda x: reference.contrastive_pair_loss(same, x, right, margin=1.5), left)
+  expected = oracle.central_differences(
+      lambda x: reference.contrastive_pair_loss(same, x, right, margin=1.5), left, step=1e-3)
   np.testing.assert_allclose(np.asarray(pair_grad), expected, rtol=1e-2, atol=1e-3)
   triplet_grad = jax.grad(tripletjax.triplet_loss)(
       left.astype(np.float32), right.astype(np.float32), third.astype(np.float32), 1.5)
-  expected = _central_differences(
-      lambda x: reference.triplet_loss(x, right, third, margin=1.5), left)
+  expected = oracle.central_differences(
+      lambda x: reference.triplet_loss(x, right, third, margin=1.5), left, step=1e-3)
   np.testing.assert_allclose(np.asarray(triplet_grad), expected, rtol=1e-2, atol=1e-3)
 
 
@@ -532,38 +521,6 @@ def test_pair_losses_have_finite_gradients_on_duplicates():
   assert all(np.all(np.isfinite(np.asarray(g))) for g in gradient)
   gradient = jax.grad(tripletjax.triplet_loss, argnums=(0, 1, 2))(left, left, left)
   assert all(np.all(np.isfinite(np.asarray(g))) for g in gradient)
-
-
-# ----------------------------------------------------------------------------------------------
-# Distances.
-
-
-_jitted_distances = jax.jit(tripletjax.pairwise_distances, static_argnames="metric")
-
-
-@pytest.mark.parametrize("metric", METRICS)
-def test_pairwise_distances_match_reference(metric):
-  rng = np.random.default_rng(1)
-  x = rng.normal(size=(9, FEATURES)).astype(np.float32)
-  y = rng.normal(size=(4, FEATURES)).astype(np.float32)
-  distances = np.asarray(_jitted_distances(x, metric=metric))
-  np.testing.assert_allclose(distances, reference.pairwise_distances(x, metric=metric),
-                             rtol=1e-5, atol=1e-5)
-  np.testing.assert_array_equal(np.diag(distances), 0.0)
-  np.testing.assert_allclose(np.asarray(_jitted_distances(x, y, metric=metric)),
-                             reference.pairwise_distances(x, y, metric=metric), rtol=1e-5,
-                             atol=1e-5)
-
-
-@pytest.mark.parametrize("metric", METRICS)
-def test_pairwise_distances_have_finite_gradients_on_duplicates(metric):
-  x = np.repeat(np.random.default_rng(2).normal(size=(2, 3)).astype(np.float32), 2, axis=0)
-  distances = _jitted_distances(x, metric=metric)
-  if metric != "angular":  # Angular duplicates are 1 - cos in float32: 0 or ~1e-8.
-    assert float(distances[0, 1]) == 0.0
-  gradient = jax.jit(jax.grad(
-      lambda e: jnp.sum(tripletjax.pairwise_distances(e, metric=metric))))(x)
-  assert np.all(np.isfinite(np.asarray(gradient)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -624,7 +581,7 @@ def test_semihard_on_a_large_batch_uses_quadratic_memory():
   value, gradient = compiled(embeddings, labels)
   assert np.isfinite(float(value))
   assert np.all(np.isfinite(np.asarray(gradient)))
-  # Values at scale: tests/test_miners_at_scale.py (B = 600, above the host miner's threshold
+  # Values at scale: tests/mining/test_host.py (B = 600, above the host miner's threshold
   # for threads).
 
 
@@ -673,3 +630,28 @@ def test_pair_and_explicit_triplet_input_errors():
     tripletjax.triplet_loss(x, x, x, margin=-1.0)
   with pytest.raises(ValueError, match="metric"):
     tripletjax.pairwise_distances(x, metric="cosine")
+
+
+def test_triplet_distances_and_the_explicit_triplet_statistics_match_numpy():
+  rng = np.random.default_rng(5)
+  anchor, positive, negative = (rng.normal(size=(9, 4)).astype(np.float32) for _ in range(3))
+  negative[0] = anchor[0] + (positive[0] - anchor[0]) * 2  # d_an > d_ap, inside the margin.
+  d_ap, d_an = tripletjax.triplet_distances(anchor, positive, negative)
+  expected_ap = np.sum((anchor.astype(np.float64) - positive) ** 2, axis=1)
+  expected_an = np.sum((anchor.astype(np.float64) - negative) ** 2, axis=1)
+  np.testing.assert_allclose(d_ap, expected_ap, rtol=1e-5)
+  np.testing.assert_allclose(d_an, expected_an, rtol=1e-5)
+  margin = 0.5
+  loss, stats = tripletjax.triplet_loss(anchor, positive, negative, margin=margin,
+                                        return_stats=True)
+  assert float(loss) == pytest.approx(
+      reference.triplet_loss(anchor, positive, negative, margin=margin), rel=1e-5)
+  assert float(stats["triplet_accuracy"]) == pytest.approx(np.mean(expected_ap < expected_an))
+  assert float(stats["fraction_active"]) == pytest.approx(
+      np.mean(expected_ap - expected_an + margin > 0))
+  assert 0 < float(stats["fraction_active"]) < 1 and 0 < float(stats["triplet_accuracy"]) < 1
+  assert float(stats["mean_positive_distance"]) == pytest.approx(expected_ap.mean(), rel=1e-5)
+  assert float(stats["mean_negative_distance"]) == pytest.approx(expected_an.mean(), rel=1e-5)
+  anchor[2, 1] = np.nan  # NaN in gives NaN out, statistics included.
+  loss, stats = tripletjax.triplet_loss(anchor, positive, negative, return_stats=True)
+  assert np.isnan(float(loss)) and all(np.isnan(float(v)) for v in stats.values())

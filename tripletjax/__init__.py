@@ -1,7 +1,8 @@
 """tripletjax: metric learning with triplet and contrastive losses in JAX.
 
 Losses take integer `labels[B]` and `embeddings[B, D]` and return a scalar; every mined loss
-can also return its mining statistics (`return_stats=True`). See `tripletjax.losses`.
+can also return its mining statistics (`return_stats=True`). See `tripletjax.losses`; for a
+batch sharded over several devices, `tripletjax.sharded`.
 """
 
 from tripletjax.distances import pairwise_distances
@@ -10,17 +11,22 @@ from tripletjax.losses import (
     batch_all_triplet_loss,
     contrastive_loss,
     contrastive_pair_loss,
+    triplet_distances,
     triplet_hard_loss,
     triplet_loss,
     triplet_semihard_loss,
 )
+from tripletjax.sharded import MINING_SCOPES, sharded_loss
 
 __all__ = [
     "MINED_LOSSES",
+    "MINING_SCOPES",
     "batch_all_triplet_loss",
     "contrastive_loss",
     "contrastive_pair_loss",
     "pairwise_distances",
+    "sharded_loss",
+    "triplet_distances",
     "triplet_hard_loss",
     "triplet_loss",
     "triplet_semihard_loss",

@@ -79,7 +79,40 @@ def anchor_distances(embeddings: jax.Array, anchor_index: jax.Array, metric: str
     squared_norms = _squared_norms(embeddings)
   safe_index = jnp.maximum(anchor_index, 0)
   gram = _gram(embeddings[safe_index], embeddings)
-  distances = _distances_from_gram(gram, squared_norms[safe_index], squared_norms, metric)
+  return _anchor_distances_from_gram(gram, anchor_index, squared_norms[safe_index],
+                                     squared_norms, metric)
+
+
+def shard_anchor_distances(embeddings: jax.Array, anchor_index: jax.Array, gather_norms,
+                           metric: str = "l2") -> jax.Array:
+  """This device's rows of `pairwise_distances(embeddings)` when the rows are split over devices.
+
+  The squared norms come from the Gram diagonal, as in `pairwise_distances`: each device takes
+  those of its own anchors from its block of the Gram matrix and `gather_norms` collects them
+  from every device, so duplicate rows are at distance exactly 0 here too, and (where the
+  matrix product computes a row the same way in a block as in the whole, as XLA:CPU does) the
+  rows are those of the one-device matrix bit for bit.
+
+  Args:
+    embeddings: [B, D] float32 embeddings of the whole batch.
+    anchor_index: [C] int32 row indices of this device's anchors; the anchors of all devices,
+      in device order, are rows 0 .. B-1.
+    gather_norms: maps this device's [C] values to the [B] values of all devices, in order
+      (`mining.shards.gather`).
+    metric: "l2", "squared_l2" or "angular".
+
+  Returns:
+    [C, B] float32 distances; entry (c, anchor_index[c]) is exactly 0.
+  """
+  gram = _gram(embeddings[anchor_index], embeddings)
+  own_norms = jnp.take_along_axis(gram, anchor_index[:, None], axis=1)[:, 0]
+  return _anchor_distances_from_gram(gram, anchor_index, own_norms, gather_norms(own_norms),
+                                     metric)
+
+
+def _anchor_distances_from_gram(gram, anchor_index, sq_anchors, sq_all, metric: str):
+  """[C, B] distances of anchor rows from their Gram block, 0 at each anchor's own column."""
+  distances = _distances_from_gram(gram, sq_anchors, sq_all, metric)
   column = jax.lax.broadcasted_iota(jnp.int32, distances.shape, 1)
   return jnp.where(column == anchor_index[:, None], 0.0, distances)
 

@@ -13,6 +13,11 @@ Every mined loss takes `return_stats=True` to return `(loss, stats)`, where `sta
 float32/int32 scalars describing the mining (fraction of active triplets, fallbacks, ...).
 Memory is O(B^2) throughout; on finite inputs nothing is NaN, gradients included.
 
+Every mined loss also takes `axis_name`: called inside `jax.shard_map` on one device's rows of
+a batch split over that mesh axis, it mines that device's anchors against the all-gathered
+batch and returns the loss of the whole batch (`mining.shards`; `tripletjax.sharded` wraps
+this for a mesh), with O(B^2 / N) memory per device.
+
 NaN in gives NaN out: when any embedding entry is NaN or infinite, every loss returns NaN, its
 gradient is NaN in every row, and so is every floating-point statistic (the integer counts are
 then meaningless). A miner alone would hide a diverged model: it treats a NaN distance as
@@ -29,7 +34,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,31 +42,56 @@ import jax.numpy as jnp
 from tripletjax import distances as distances_lib
 from tripletjax import mining
 from tripletjax import validation
+from tripletjax.mining import blocks
+from tripletjax.mining import masks
+from tripletjax.mining import shards
 
 
-def _prepare(labels, embeddings, margin, metric):
-  """Checks the inputs.
+class _Batch(NamedTuple):
+  """A checked batch, as the mined losses see it."""
+  labels: jax.Array      # [B] int labels of the whole batch (gathered over the mesh axis).
+  embeddings: jax.Array  # [B, D] float32 embeddings of the whole batch (gathered too).
+  dtype: Any             # The input dtype: the loss comes back in it.
+  margin: jax.Array      # float32 scalar.
+  finite: jax.Array      # bool scalar: every embedding entry (on every device) is finite.
+  axis_name: str | None  # The mesh axis the sums are totalled over; None: one device.
+  shard: mining.ShardAnchors | None  # This device's anchors; None: all B rows.
 
-  Returns:
-    (labels, input dtype, float32 embeddings, float32 margin, finite): `finite` says whether
-    every embedding entry is finite (see `_poison_unless_finite`).
+
+def _prepare(labels, embeddings, margin, metric, axis_name: str | None = None) -> _Batch:
+  """Checks the inputs and, with `axis_name`, gathers the batch split over that mesh axis.
+
+  With `axis_name` (inside `jax.shard_map`), `labels` [b] and `embeddings` [b, D] are this
+  device's rows of a global batch of B = N b rows split evenly over the N devices of the axis,
+  device i holding rows [i b, (i + 1) b). Each device then mines its own b anchors against the
+  whole gathered batch (`mining.shards`). On an axis of one device the batch is mined as
+  without `axis_name` (bit for bit), and only the totals go through the (trivial) `psum`.
   """
   labels, embeddings = validation.check_labels_and_embeddings(labels, embeddings)
   validation.check_metric(metric)
   validation.check_margin(margin)
-  (float_embeddings,), finite = _poison_unless_finite(embeddings.astype(jnp.float32))
-  return (labels, embeddings.dtype, float_embeddings, jnp.asarray(margin, jnp.float32), finite)
+  (float_embeddings,), finite = _poison_unless_finite(embeddings.astype(jnp.float32),
+                                                      axis_name=axis_name)
+  shard = None
+  if axis_name is not None and shards.axis_size(axis_name) > 1:
+    shard = mining.shard_anchors(labels.shape[0], axis_name)
+    labels = shards.gather(labels, axis_name)
+    float_embeddings = shards.gather(float_embeddings, axis_name)
+  return _Batch(labels, float_embeddings, embeddings.dtype, jnp.asarray(margin, jnp.float32),
+                finite, axis_name, shard)
 
 
-def _poison_unless_finite(*arrays):
+def _poison_unless_finite(*arrays, axis_name: str | None = None):
   """`(arrays, finite)`: the arrays unchanged, but their gradients NaN unless all are finite.
 
-  `finite` says whether every entry of every array is finite; the losses select NaN for their
-  value when it is not (`_finish`), because a miner need not turn a NaN distance into a NaN
-  loss, and this makes the gradient of every input NaN as well (a `where` alone would give
-  zeros). The forward values are untouched, so finite inputs give the same bits as without it.
+  `finite` says whether every entry of every array is finite (on every device of `axis_name`);
+  the losses select NaN for their value when it is not (`_finish`), because a miner need not
+  turn a NaN distance into a NaN loss, and this makes the gradient of every input NaN as well
+  (a `where` alone would give zeros). The forward values are untouched, so finite inputs give
+  the same bits as without it.
   """
   finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
+  finite = shards.all_devices(finite, axis_name)
   return tuple(_nan_gradient_unless(a, finite) for a in arrays), finite
 
 
@@ -97,8 +127,16 @@ def _finish(loss, dtype, stats, return_stats, finite):
                 else value for name, value in stats.items()}
 
 
+def _mean_over_anchors(values: jax.Array, batch: _Batch) -> jax.Array:
+  """The mean of per-anchor `values` over all B anchors of the batch (of every device)."""
+  if batch.axis_name is None:
+    return jnp.mean(values)
+  return shards.total(jnp.sum(values), batch.axis_name) / batch.labels.shape[0]
+
+
 def triplet_semihard_loss(labels, embeddings, margin=1.0, metric: str = "l2",
-                          return_stats: bool = False, mining_backend: str = "auto"):
+                          return_stats: bool = False, mining_backend: str = "auto",
+                          axis_name: str | None = None):
   """Semi-hard triplet loss, exactly as TensorFlow Addons' `triplet_semihard_loss`.
 
   For every ordered positive pair (i, j), i != j, the negative is the nearest one strictly
@@ -114,16 +152,23 @@ def triplet_semihard_loss(labels, embeddings, margin=1.0, metric: str = "l2",
     mining_backend: where the rows are sorted and mined: "auto" (default: NumPy on the host
       on a single CPU device, XLA elsewhere), "numpy" or "xla". All give the same results;
       see `tripletjax.mining.backend`.
+    axis_name: inside `jax.shard_map`, the mesh axis the batch is split over: `labels`
+      and `embeddings` are then this device's rows (device i holding rows [i b, (i + 1) b) of
+      the global batch), each device mines its own anchors against the gathered embeddings,
+      and the loss and statistics (the same on every device) are those of the whole global
+      batch, normalised exactly as on one device. None (default): the whole batch is given.
 
   Returns:
     Scalar loss in the dtype of `embeddings`, or `(loss, stats)` with stats keys
     `num_positive_pairs`, `fraction_active`, `num_fallback` (pairs that used the farthest
     negative), `mean_positive_distance`, `mean_negative_distance`.
   """
-  labels, dtype, embeddings, margin, finite = _prepare(labels, embeddings, margin, metric)
-  mining_backend = mining.resolve_backend(mining_backend, num_columns=labels.shape[0])
-  sums = mining.sum_over_anchor_blocks(mining.semihard_sums, labels, embeddings, margin, metric,
-                                       mining_backend)
+  batch = _prepare(labels, embeddings, margin, metric, axis_name)
+  mining_backend = mining.resolve_backend(mining_backend, num_columns=batch.labels.shape[0])
+  sums = mining.sum_over_anchor_blocks(mining.semihard_sums, batch.labels, batch.embeddings,
+                                       batch.margin, metric, mining_backend,
+                                       batch.shard)
+  sums = shards.total(sums, batch.axis_name)
   num_pairs = sums.num_positive_pairs
   loss = _safe_mean(sums.hinge_sum, num_pairs)
   stats = None
@@ -135,54 +180,65 @@ def triplet_semihard_loss(labels, embeddings, margin=1.0, metric: str = "l2",
         "mean_positive_distance": _safe_mean(sums.positive_distance_sum, num_pairs),
         "mean_negative_distance": _safe_mean(sums.negative_distance_sum, num_pairs),
     }
-  return _finish(loss, dtype, stats, return_stats, finite)
+  return _finish(loss, batch.dtype, stats, return_stats, batch.finite)
 
 
 def triplet_hard_loss(labels, embeddings, margin=1.0, soft: bool = False, metric: str = "l2",
-                      return_stats: bool = False):
+                      return_stats: bool = False, axis_name: str | None = None):
   """Batch-hard triplet loss, exactly as TensorFlow Addons' `triplet_hard_loss`.
 
   Per anchor: its farthest positive (0 if none) and nearest negative (the row maximum if none);
   loss_i = max(hp - hn + margin, 0), or softplus(hp - hn) with `soft=True` (margin unused).
   The loss is the mean over all B anchors.
 
+  Args: as for `triplet_semihard_loss` (`axis_name`: mine a batch split over that mesh axis
+  inside `jax.shard_map`).
+
   Returns:
     Scalar loss, or `(loss, stats)` with stats keys `num_valid_anchors` (with a positive and a
     negative), `fraction_active`, `mean_positive_distance`, `mean_negative_distance`.
   """
-  labels, dtype, embeddings, margin, finite = _prepare(labels, embeddings, margin, metric)
-  hardest = mining.map_over_anchor_blocks(mining.hardest_pairs, labels, embeddings, metric)
+  batch = _prepare(labels, embeddings, margin, metric, axis_name)
+  hardest = mining.map_over_anchor_blocks(mining.hardest_pairs, batch.labels, batch.embeddings,
+                                          metric, batch.shard)
   gap = hardest.positive_distance - hardest.negative_distance
-  per_anchor = jax.nn.softplus(gap) if soft else jnp.maximum(gap + margin, 0.0)
-  loss = jnp.mean(per_anchor)
+  per_anchor = jax.nn.softplus(gap) if soft else jnp.maximum(gap + batch.margin, 0.0)
+  loss = _mean_over_anchors(per_anchor, batch)
   stats = None
   if return_stats:
     stats = {
-        "num_valid_anchors": jnp.sum(hardest.has_positive & hardest.has_negative,
-                                     dtype=jnp.int32),
-        "fraction_active": jnp.mean((per_anchor > 0).astype(jnp.float32)),
-        "mean_positive_distance": jnp.mean(hardest.positive_distance),
-        "mean_negative_distance": jnp.mean(hardest.negative_distance),
+        "num_valid_anchors": shards.total(
+            jnp.sum(hardest.has_positive & hardest.has_negative, dtype=jnp.int32),
+            batch.axis_name),
+        "fraction_active": _mean_over_anchors((per_anchor > 0).astype(jnp.float32), batch),
+        "mean_positive_distance": _mean_over_anchors(hardest.positive_distance, batch),
+        "mean_negative_distance": _mean_over_anchors(hardest.negative_distance, batch),
     }
-  return _finish(loss, dtype, stats, return_stats, finite)
+  return _finish(loss, batch.dtype, stats, return_stats, batch.finite)
 
 
 def batch_all_triplet_loss(labels, embeddings, margin=1.0, metric: str = "l2",
-                           return_stats: bool = False, mining_backend: str = "auto"):
+                           return_stats: bool = False, mining_backend: str = "auto",
+                           axis_name: str | None = None):
   """Batch-all triplet loss (Hermans et al.; Moindrot's formulation).
 
   Mean of max(D_ap - D_an + margin, 0) over the valid triplets (a != p same class, n another
   class) whose loss is positive; 0 if there is none. O(B^2 log B) time, O(B^2) memory.
   `mining_backend` says where the rows are sorted, as for `triplet_semihard_loss`.
 
+  Args: as for `triplet_semihard_loss` (`axis_name`: mine a batch split over that mesh axis
+  inside `jax.shard_map`).
+
   Returns:
     Scalar loss, or `(loss, stats)` with stats keys `num_valid_triplets`,
     `num_active_triplets`, `fraction_active` (active / valid).
   """
-  labels, dtype, embeddings, margin, finite = _prepare(labels, embeddings, margin, metric)
-  mining_backend = mining.resolve_backend(mining_backend, num_columns=labels.shape[0])
-  sums = mining.sum_over_anchor_blocks(mining.batch_all_sums, labels, embeddings, margin,
-                                       metric, mining_backend)
+  batch = _prepare(labels, embeddings, margin, metric, axis_name)
+  mining_backend = mining.resolve_backend(mining_backend, num_columns=batch.labels.shape[0])
+  sums = mining.sum_over_anchor_blocks(mining.batch_all_sums, batch.labels, batch.embeddings,
+                                       batch.margin, metric, mining_backend,
+                                       batch.shard)
+  sums = shards.total(sums, batch.axis_name)
   num_active, num_valid = sums.num_active, sums.num_valid
   loss = _safe_mean(sums.hinge_sum, num_active)
   stats = None
@@ -192,7 +248,7 @@ def batch_all_triplet_loss(labels, embeddings, margin=1.0, metric: str = "l2",
         "num_active_triplets": num_active,
         "fraction_active": _safe_mean(num_active, num_valid),
     }
-  return _finish(loss, dtype, stats, return_stats, finite)
+  return _finish(loss, batch.dtype, stats, return_stats, batch.finite)
 
 
 def _contrastive_terms(same, distance, margin):
@@ -200,32 +256,56 @@ def _contrastive_terms(same, distance, margin):
   return 0.5 * jnp.where(same, distance**2, jnp.maximum(margin - distance, 0.0) ** 2)
 
 
+class _ContrastiveSums(NamedTuple):
+  """Sums over the pairs (i, j), i < j, of some anchors i."""
+  term_sum: jax.Array           # float32, differentiable.
+  num_pairs: jax.Array          # int32
+  num_positive_pairs: jax.Array  # int32
+  num_negative_pairs: jax.Array  # int32
+  num_active: jax.Array         # int32: pairs with a non-zero term.
+
+
+def _contrastive_sums(distances, anchor_index, labels, margin) -> _ContrastiveSums:
+  """`_ContrastiveSums` of a block [C, B] of distance rows (anchor_index -1: padding row)."""
+  column = jax.lax.broadcasted_iota(jnp.int32, distances.shape, 1)
+  upper = (column > anchor_index[:, None]) & (anchor_index[:, None] >= 0)
+  same = masks.block_same_class(anchor_index, labels)
+  terms = _contrastive_terms(same, distances, margin)
+  count = lambda mask: jnp.sum(mask, dtype=jnp.int32)
+  return _ContrastiveSums(jnp.sum(jnp.where(upper, terms, 0.0)), count(upper),
+                          count(upper & same), count(upper & ~same), count(upper & (terms > 0)))
+
+
 def contrastive_loss(labels, embeddings, margin=1.0, metric: str = "l2",
-                     return_stats: bool = False):
+                     return_stats: bool = False, axis_name: str | None = None):
   """Contrastive loss over all unordered pairs i < j of a labelled batch.
 
   L = 0.5 * mean(y d^2 + (1 - y) max(margin - d, 0)^2) with y = 1 when the two examples share a
   label (pull together) and y = 0 otherwise (push beyond the margin). 0 when B < 2.
 
+  Args: as for `triplet_semihard_loss` (`axis_name`: mine a batch split over that mesh axis
+  inside `jax.shard_map`).
+
   Returns:
     Scalar loss, or `(loss, stats)` with stats keys `num_positive_pairs`, `num_negative_pairs`
     and `fraction_active` (pairs with a non-zero term).
   """
-  labels, dtype, embeddings, margin, finite = _prepare(labels, embeddings, margin, metric)
-  distances = distances_lib.pairwise_distances(embeddings, metric=metric)
-  masks = mining.label_masks(labels)
-  upper = jnp.triu(jnp.ones(distances.shape, bool), k=1)
-  terms = _contrastive_terms(masks.positive, distances, margin)
-  num_pairs = jnp.sum(upper, dtype=jnp.int32)
-  loss = _safe_mean(jnp.sum(jnp.where(upper, terms, 0.0)), num_pairs)
+  batch = _prepare(labels, embeddings, margin, metric, axis_name)
+  per_block = blocks.over_anchor_blocks(
+      lambda distances, anchor_index: _contrastive_sums(distances, anchor_index, batch.labels,
+                                                        batch.margin),
+      batch.embeddings, metric, recompute_block=True, shard=batch.shard)
+  sums = shards.total(jax.tree.map(lambda x: jnp.sum(x, axis=0), per_block),
+                             batch.axis_name)
+  loss = _safe_mean(sums.term_sum, sums.num_pairs)
   stats = None
   if return_stats:
     stats = {
-        "num_positive_pairs": jnp.sum(upper & masks.positive, dtype=jnp.int32),
-        "num_negative_pairs": jnp.sum(upper & masks.negative, dtype=jnp.int32),
-        "fraction_active": _safe_mean(jnp.sum(upper & (terms > 0)), num_pairs),
+        "num_positive_pairs": sums.num_positive_pairs,
+        "num_negative_pairs": sums.num_negative_pairs,
+        "fraction_active": _safe_mean(sums.num_active, sums.num_pairs),
     }
-  return _finish(loss, dtype, stats, return_stats, finite)
+  return _finish(loss, batch.dtype, stats, return_stats, batch.finite)
 
 
 def contrastive_pair_loss(same, left, right, margin=1.0):
@@ -257,7 +337,21 @@ def contrastive_pair_loss(same, left, right, margin=1.0):
   return _finish(loss, left.dtype, None, False, finite)
 
 
-def triplet_loss(anchor, positive, negative, margin=0.5):
+def triplet_distances(anchor, positive, negative):
+  """The distance layer of a three-tower (Siamese) network: squared L2 distances of each anchor
+  to its positive and to its negative.
+
+  Args:
+    anchor, positive, negative: [N, D] embeddings.
+
+  Returns:
+    (d_ap, d_an): [N] float32 each, ||a - p||^2 and ||a - n||^2 row by row.
+  """
+  a, p, n = (jnp.asarray(t).astype(jnp.float32) for t in (anchor, positive, negative))
+  return jnp.sum((a - p) ** 2, axis=1), jnp.sum((a - n) ** 2, axis=1)
+
+
+def triplet_loss(anchor, positive, negative, margin=0.5, return_stats: bool = False):
   """Explicit triplet loss on squared L2, as in the Keras example "Image similarity estimation
   using a Siamese Network with a triplet loss".
 
@@ -266,6 +360,12 @@ def triplet_loss(anchor, positive, negative, margin=0.5):
   Args:
     anchor, positive, negative: [N, D] embeddings.
     margin: margin >= 0 (default 0.5, as in that example).
+    return_stats: also return statistics of the triplets.
+
+  Returns:
+    Scalar loss in the dtype of `anchor`, or `(loss, stats)` with stats keys
+    `triplet_accuracy` (fraction of rows with d_ap < d_an), `fraction_active` (fraction with a
+    positive loss), `mean_positive_distance` and `mean_negative_distance` (means of d_ap, d_an).
   """
   anchor = validation.check_embeddings(anchor, "anchor")
   positive = validation.check_embeddings(positive, "positive")
@@ -276,10 +376,16 @@ def triplet_loss(anchor, positive, negative, margin=0.5):
   validation.check_margin(margin)
   (a, p, n), finite = _poison_unless_finite(
       *(t.astype(jnp.float32) for t in (anchor, positive, negative)))
-  positive_distance = jnp.sum((a - p) ** 2, axis=1)
-  negative_distance = jnp.sum((a - n) ** 2, axis=1)
-  loss = jnp.mean(jnp.maximum(positive_distance - negative_distance + margin, 0.0))
-  return _finish(loss, anchor.dtype, None, False, finite)
+  positive_distance, negative_distance = triplet_distances(a, p, n)
+  hinge = jnp.maximum(positive_distance - negative_distance + margin, 0.0)
+  loss = jnp.mean(hinge)
+  stats = {
+      "triplet_accuracy": jnp.mean((positive_distance < negative_distance).astype(jnp.float32)),
+      "fraction_active": jnp.mean((hinge > 0).astype(jnp.float32)),
+      "mean_positive_distance": jnp.mean(positive_distance),
+      "mean_negative_distance": jnp.mean(negative_distance),
+  }
+  return _finish(loss, anchor.dtype, stats, return_stats, finite)
 
 
 @dataclasses.dataclass(frozen=True)

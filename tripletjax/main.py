@@ -90,9 +90,7 @@ def run(argv: list[str]) -> None:
           f"{jax.process_count()} process(es); writing to {workdir}")
   final = train.train_and_evaluate(config, workdir)
   if jax.process_index() == 0:
-    print(f"precision@1 {final['precision_at_1']:.4f}  MAP@R {final['map_at_r']:.4f}  "
-          f"R-precision {final['r_precision']:.4f}  NMI {final['nmi']:.4f}  "
-          f"({final['train_seconds']:.0f} s of training)")
+    print(f"{train.summary_line(config, final)}  ({final['train_seconds']:.0f} s of training)")
     print(f"Results in {workdir}: eval.json, report.md, projector/, plots/")
 
 

@@ -35,8 +35,11 @@ _TRAINING_PANELS = (
     ("loss", "loss"),
     ("fraction_active", "fraction of active triplets"),
     ("embedding_norm", "mean embedding norm (before normalisation)"),
+    ("embedding_spread", "embedding spread (0: collapsed)"),
 )
-_EVAL_CURVES = (("precision_at_1", "precision@1"), ("map_at_r", "MAP@R"))
+_EVAL_CURVES = (("precision_at_1", "precision@1"), ("map_at_r", "MAP@R"),
+                ("validation_precision_at_1", "validation precision@1"),
+                ("validation_map_at_r", "validation MAP@R"))
 # The columns of the CSV beside every plot: one row per plotted point; panel is the axes'
 # title, series the line's or scatter's legend label, z empty in 2-D.
 PLOT_DATA_COLUMNS = ("panel", "series", "x", "y", "z")
@@ -344,11 +347,24 @@ def plot_pca(
   return saved[0], saved[1]
 
 
+def _lookup(record: Mapping, key: str):
+  """record[key]; "a/b" looks up record["a"][b] (b as written, or as an int)."""
+  if "/" not in key:
+    return record.get(key)
+  outer, inner = key.split("/", 1)
+  nested = record.get(outer)
+  if not isinstance(nested, Mapping):
+    return None
+  if inner in nested:
+    return nested[inner]
+  return nested.get(int(inner)) if inner.isdigit() else None
+
+
 def _series(records: Sequence[Mapping], key: str) -> tuple[list, list]:
   """(steps, values) of the records holding both "step" and a finite number under `key`."""
   steps, values = [], []
   for record in records:
-    value = record.get(key)
+    value = _lookup(record, key)
     if "step" not in record or value is None or isinstance(value, (bool, str, dict, list)):
       continue
     try:
@@ -361,14 +377,14 @@ def _series(records: Sequence[Mapping], key: str) -> tuple[list, list]:
 
 
 def plot_training_curves(runs: Mapping[str, Sequence[Mapping]], out_path) -> str:
-  """One figure, three panels (loss, fraction of active triplets, mean embedding norm).
+  """One figure, four panels (loss, fraction of active triplets, mean embedding norm, spread).
 
   Every run is a line in every panel, so e.g. semi-hard and batch-hard mining can be compared
   on the same axes. Records missing `step` or a panel's key are skipped in that panel.
 
   Args:
     runs: run name -> its metric records (dicts with `step`, `loss`, `fraction_active`,
-      `embedding_norm`, optionally `epoch`), in logging order.
+      `embedding_norm`, `embedding_spread`, optionally `epoch`), in logging order.
     out_path: PNG path; the CSV beside it holds every curve (panel, run, step, value).
 
   Returns:
@@ -376,7 +392,7 @@ def plot_training_curves(runs: Mapping[str, Sequence[Mapping]], out_path) -> str
   """
   if not isinstance(runs, Mapping):
     raise TypeError(f"runs must map a run name to its records, got {type(runs).__name__}.")
-  figure, panels = plt.subplots(1, len(_TRAINING_PANELS), figsize=(15, 4.2))
+  figure, panels = plt.subplots(1, len(_TRAINING_PANELS), figsize=(20, 4.2))
   colours = _class_colours(max(len(runs), 1))
   for axes, (key, name) in zip(panels, _TRAINING_PANELS):
     plotted = False
@@ -396,20 +412,23 @@ def plot_training_curves(runs: Mapping[str, Sequence[Mapping]], out_path) -> str
   return _save_figure(figure, out_path)
 
 
-def plot_eval_history(records: Sequence[Mapping], out_path) -> str:
-  """Precision@1 and MAP@R against the training step at which they were evaluated.
+def plot_eval_history(records: Sequence[Mapping], out_path,
+                      curves: Sequence[tuple[str, str]] = _EVAL_CURVES) -> str:
+  """Evaluation metrics (by default precision@1 and MAP@R of the test set, and of the
+  validation set when there is one) against the training step.
 
   Args:
-    records: evaluation records (dicts with `step`, `precision_at_1`, `map_at_r`); records
-      missing a key are skipped for that curve.
-    out_path: PNG path; the CSV beside it holds both curves (metric, step, value).
+    records: evaluation records (dicts with `step` and the curves' keys); records missing a
+      key are skipped for that curve.
+    out_path: PNG path; the CSV beside it holds the curves (metric, step, value).
+    curves: (key, legend label) of each curve; a key "a/b" reads record["a"][b].
 
   Returns:
     out_path.
   """
   figure, axes = plt.subplots(figsize=(7, 4.2))
   plotted = False
-  for key, name in _EVAL_CURVES:
+  for key, name in curves:
     steps, values = _series(records, key)
     if steps:
       axes.plot(steps, values, marker="o", markersize=3, label=name)
@@ -423,6 +442,64 @@ def plot_eval_history(records: Sequence[Mapping], out_path) -> str:
   else:
     axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes)
   return _save_figure(figure, out_path)
+
+
+def plot_retrieval_examples(query_images, retrieved_images, correct, out_path,
+                            query_names: Sequence[str] | None = None) -> str:
+  """What a person looks at first after a pair run: queries and their nearest neighbours.
+
+  One row per query: the query image, then its top-k retrieved images, best first; a
+  retrieved image that is the query's true match has a green frame, the others a red one.
+
+  Args:
+    query_images: [Q, H, W, C] images in [0, 1] (C = 1 or 3).
+    retrieved_images: [Q, K, H, W, C] the retrieved images of each query, best first.
+    correct: bool [Q, K], whether each retrieved image is the query's match.
+    out_path: PNG path; the CSV beside it holds one row per (query, rank): series "match",
+      x the rank from 1, y 1 where the retrieved image is the match and 0 elsewhere.
+    query_names: optional titles of the queries.
+
+  Returns:
+    out_path.
+  """
+  query_images = np.asarray(query_images)
+  retrieved_images = np.asarray(retrieved_images)
+  correct = np.asarray(correct, bool)
+  num_queries, k = correct.shape
+  if query_images.shape[0] != num_queries or retrieved_images.shape[:2] != (num_queries, k):
+    raise ValueError(f"{query_images.shape[0]} queries and {retrieved_images.shape[:2]} "
+                     f"retrieved images for correct of shape {correct.shape}.")
+  figure, axes = plt.subplots(num_queries, k + 1, figsize=(1.6 * (k + 1), 1.7 * num_queries),
+                              squeeze=False)
+  for row in range(num_queries):
+    cells = [(query_images[row], "query" if query_names is None
+              else f"query {query_names[row]}", "black")]
+    cells += [(retrieved_images[row, rank], f"#{rank + 1}",
+               "green" if correct[row, rank] else "red") for rank in range(k)]
+    for column, (image, title, colour) in enumerate(cells):
+      ax = axes[row, column]
+      image = np.clip(image, 0, 1)
+      ax.imshow(image[..., 0] if image.shape[-1] == 1 else image,
+                cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=1)
+      ax.set_title(title, fontsize=8, color=colour)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      for spine in ax.spines.values():
+        spine.set_edgecolor(colour)
+        spine.set_linewidth(3 if column else 1)
+  figure.suptitle("query -> top retrieved (green frame: its match)", fontsize=10)
+  figure.tight_layout()
+  _save_figure(figure, out_path)
+  # The figure has no lines to read back: the CSV holds, for each query (panel) and rank (x),
+  # whether the retrieved image is the match (y = 1) or not (y = 0).
+  with open(plot_data_path(out_path), "w", newline="", encoding="utf-8") as data_file:
+    writer = csv.writer(data_file)
+    writer.writerow(PLOT_DATA_COLUMNS)
+    for row in range(num_queries):
+      panel = f"query {row + 1}" if query_names is None else f"query {query_names[row]}"
+      writer.writerows((panel, "match", rank + 1, int(correct[row, rank]), "")
+                       for rank in range(k))
+  return os.fspath(out_path)
 
 
 # ----------------------------------------------------------------------------- report

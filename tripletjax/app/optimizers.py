@@ -17,12 +17,23 @@ SCHEDULES: dict[str, Callable[[ml_collections.ConfigDict, int], optax.Schedule]]
         max(total_steps, 1)),
 }
 
+def _rmsprop(opt: ml_collections.ConfigDict, schedule: optax.Schedule):
+  """PyTorch's RMSprop (what "A Metric Learning Reality Check" trains with): squared-gradient
+  average with decay 0.99, eps outside the square root, L2 weight decay added to the
+  gradient, heavy-ball momentum."""
+  return optax.chain(
+      optax.add_decayed_weights(opt.weight_decay),
+      optax.rmsprop(schedule, decay=0.99, eps=1e-8, eps_in_sqrt=False,
+                    momentum=opt.momentum or None))
+
+
 # name -> optimizer(optimizer config, schedule).
 OPTIMIZERS: dict[str, Callable[[ml_collections.ConfigDict, optax.Schedule],
                                optax.GradientTransformation]] = {
     "adam": lambda opt, schedule: optax.adam(schedule),
     "adamw": lambda opt, schedule: optax.adamw(schedule, weight_decay=opt.weight_decay),
     "sgd": lambda opt, schedule: optax.sgd(schedule, momentum=opt.momentum),
+    "rmsprop": _rmsprop,
 }
 
 

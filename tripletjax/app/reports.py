@@ -7,6 +7,7 @@ import os
 
 from tripletjax.app import exports
 from tripletjax.app import metric_logging
+from tripletjax.app.data import images as images_lib
 
 
 def _same_dataset(run_dir: str, dataset_name: str) -> bool:
@@ -18,12 +19,23 @@ def _same_dataset(run_dir: str, dataset_name: str) -> bool:
     return False
 
 
-def write_exports(workdir, config, dataset, test_embeddings, final_metrics) -> None:
-  """Projector files, plots and the report: everything a researcher looks at."""
+def _sprite_images(images, limit: int):
+  """The first `limit` test images for the projector's sprite; image files are decoded
+  straight to thumbnail size rather than at the model's input size."""
+  if not images_lib.is_lazy(images):
+    return images[:limit]
+  thumbnails = images_lib.EvalTransform(exports.MAX_THUMBNAIL_SIZE)
+  return images.decode(range(min(limit, len(images))), thumbnails)
+
+
+def write_exports(workdir, config, dataset, test_embeddings, final_metrics,
+                  notes: str = "") -> None:
+  """Projector files, plots and the report (with `notes` under its title): everything a
+  researcher looks at."""
   limit = config.export.projector_max_points
   exports.write_projector_files(
       os.path.join(workdir, "projector"), test_embeddings[:limit], dataset.test.labels[:limit],
-      images=dataset.test.images[:limit], class_names=dataset.class_names)
+      images=_sprite_images(dataset.test.images, limit), class_names=dataset.class_names)
   # Curves of this run and of its siblings (same parent directory): a semi-hard run and a
   # batch-hard run side by side is one override and one report away.
   runs = {}
@@ -41,5 +53,39 @@ def write_exports(workdir, config, dataset, test_embeddings, final_metrics) -> N
   for prefix in ("pca_2d_", "pca_3d_"):  # The last evaluation's PCA plots.
     latest = sorted(f for f in os.listdir(plots) if f.startswith(prefix))[-1:]
     figures += [os.path.join(plots, f) for f in latest]
-  exports.write_report(workdir, config_text=str(config), eval_metrics=final_metrics,
-                       figures=figures, runs=list(runs))
+  exports.write_report(workdir, config_text=str(config), eval_metrics=_report_table(final_metrics),
+                       figures=figures, runs=list(runs), notes=notes)
+
+
+def _report_table(final_metrics: dict) -> dict:
+  """The metrics of the report's table: lists (the mining-health warnings, the unreadable
+  files) stay in eval.json, the notes above the table tell of them."""
+  return {key: value for key, value in final_metrics.items()
+          if not isinstance(value, (list, tuple))
+          and not (isinstance(value, dict) and key != "recall_at_k")}
+
+
+# The evaluation curves of the pair workflow (`pair_evaluation`).
+PAIR_EVAL_CURVES = (("triplet_accuracy", "triplet accuracy"),
+                    ("positive_similarity", "cosine similarity anchor-positive"),
+                    ("negative_similarity", "cosine similarity anchor-negative"),
+                    ("recall_at_k/1", "recall@1"), ("recall_at_k/5", "recall@5"))
+
+
+def write_pair_exports(workdir, config, final_metrics, figures, notes: str = "") -> None:
+  """Training curves, evaluation history and the report of a pair run; `figures` (e.g. the
+  retrieval picture) come first in the report, `notes` under its title."""
+  runs = {}
+  parent = os.path.dirname(os.path.abspath(workdir))
+  for name in sorted(os.listdir(parent)):
+    path = os.path.join(parent, name, "metrics.jsonl")
+    if _same_dataset(os.path.join(parent, name), config.data.name) and os.path.exists(path):
+      if records := metric_logging.read_metrics_jsonl(path):
+        runs[name] = records
+  plots = os.path.abspath(os.path.join(workdir, "plots"))
+  curves = [os.path.join(plots, "training_curves.png"), os.path.join(plots, "eval_history.png")]
+  exports.plot_training_curves(runs, curves[0])
+  exports.plot_eval_history(metric_logging.read_metrics_jsonl(os.path.join(workdir, "eval.jsonl")),
+                            curves[1], curves=PAIR_EVAL_CURVES)
+  exports.write_report(workdir, config_text=str(config), eval_metrics=_report_table(final_metrics),
+                       figures=list(figures) + curves, runs=list(runs), notes=notes)

@@ -1,16 +1,16 @@
 """The training loop: `train_and_evaluate(config, workdir)` trains, evaluates and exports.
 
-A batch goes `data.datasets` (images on the host) -> `data.samplers` (indices of a global
-batch, deterministic given seed and epoch) -> `data.augmentations` (deterministic too) ->
-`parallel.shard_process_rows` (each process reads, augments and places only the rows its
-devices hold) -> `train_step` (forward, loss mined over the global batch, Optax update). Around the steps: metrics (`metric_logging`),
+A batch goes from the task (`tasks`: labelled images through `data.datasets`, `data.samplers`
+and `data.augmentations`, or triplets of image files through `data.pairs` and `data.images`;
+deterministic given seed, epoch and step; each process reads and augments only the rows its
+devices hold) -> `parallel.shard_process_rows` (each process puts its rows on its devices) ->
+`train_step` (forward, the task's loss over the global batch, Optax update). Around the steps: metrics (`metric_logging`), the mining-health monitor (`monitor`),
 evaluation (`evaluation`), checkpoints (`checkpointing`, resumed at the exact step), stop
 signals (`preemption`) and, at the end, the exports (`reports`).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
@@ -24,18 +24,14 @@ from tqdm import tqdm
 
 from tripletjax.app import checkpointing
 from tripletjax.app import errors
-from tripletjax.app import evaluation
-from tripletjax.app import exports
 from tripletjax.app import metric_logging
+from tripletjax.app import monitor as monitor_lib
 from tripletjax.app import parallel
 from tripletjax.app import preemption
-from tripletjax.app import reports
+from tripletjax.app import tasks
 from tripletjax.app import train_step
 from tripletjax.app.config import checks
 from tripletjax.app.config import resume
-from tripletjax.app.data import augmentations
-from tripletjax.app.data import datasets
-from tripletjax.app.data import samplers
 
 
 def _to_floats(record: dict) -> dict:
@@ -102,20 +98,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _run(config, workdir, changes, checkpoints, stop_signals) -> dict:
-  """The body of `train_and_evaluate`: data, trainer, resume, the loop, evaluation, exports."""
-  is_main = jax.process_index() == 0
+  """The body of `train_and_evaluate`: the task (data, loss, evaluation), then `_train`."""
   mesh = parallel.make_mesh()
 
-  dataset = datasets.load_dataset(config.data.name, config.data.data_dir, seed=config.seed,
-                                  max_train=config.data.max_train,
-                                  max_test=config.data.max_test)
-  sampler = samplers.make_sampler(
-      config.batch.sampler, dataset.train.labels, batch_size=config.batch.batch_size,
-      classes_per_batch=config.batch.classes_per_batch,
-      samples_per_class=config.batch.samples_per_class, seed=config.seed)
-  steps_per_epoch = sampler.steps_per_epoch
+  task = tasks.make_task(config)
+  try:
+    return _train(config, workdir, changes, checkpoints, stop_signals, mesh, task)
+  finally:
+    task.close()
+
+
+def _train(config, workdir, changes, checkpoints, stop_signals, mesh, task) -> dict:
+  """The loop over the task's batches, its evaluations, and the final exports."""
+  is_main = jax.process_index() == 0
+  steps_per_epoch = task.steps_per_epoch
   total_steps = steps_per_epoch * config.num_epochs
-  trainer = train_step.build_trainer(config, dataset.train.images.shape[1:], total_steps, mesh)
+  trainer = train_step.build_trainer(config, task.input_shape, total_steps, mesh,
+                                     loss_fn=task.loss_fn, mining_scope=task.mining_scope,
+                                     single_device_loss_fn=task.single_device_loss_fn)
   meta = _restore(trainer, checkpoints, mesh)
   step = meta["step"] if meta else 0
   train_seconds = meta.get("train_seconds", 0.0) if meta else 0.0
@@ -132,6 +132,11 @@ def _run(config, workdir, changes, checkpoints, stop_signals) -> dict:
   keep_until_step = step if meta else None
   train_log = metric_logging.MetricLog(workdir, "metrics", keep_until_step, enabled=is_main)
   eval_log = metric_logging.MetricLog(workdir, "eval", keep_until_step, enabled=is_main)
+  health_log = metric_logging.MetricLog(workdir, "health", keep_until_step, tensorboard=False,
+                                        enabled=is_main)
+  monitor = monitor_lib.MiningMonitor(config)
+  if meta and os.path.exists(train_log.path):  # The monitor's state at the checkpoint.
+    monitor.replay(metric_logging.read_metrics_jsonl(train_log.path))
 
   def save(step, epoch_done):
     if step in checkpoints.steps():
@@ -161,11 +166,10 @@ def _run(config, workdir, changes, checkpoints, stop_signals) -> dict:
     skipped_steps += int(np.sum(jax.device_get(pending_flags))) if pending_flags else 0
     pending_flags, pending_from = [], step + 1
 
-  progress = tqdm(total=total_steps, initial=step, desc=f"{config.loss.name} on "
-                  f"{config.data.name}", unit="step", disable=not is_main or config.quiet,
-                  dynamic_ncols=True)
+  progress = tqdm(total=total_steps, initial=step, desc=task.description, unit="step",
+                  disable=not is_main or config.quiet, dynamic_ncols=True)
   trainer.model.train()
-  test_embeddings = None
+  evaluated = None  # What the last evaluation returned for the exports.
   try:
     for epoch in range(step // steps_per_epoch, config.num_epochs):
       # Dropout masks depend only on (seed, epoch, step in epoch): a resumed run repeats them.
@@ -175,19 +179,13 @@ def _run(config, workdir, changes, checkpoints, stop_signals) -> dict:
       if done_in_epoch and meta:
         train_step.set_rng_counts(trainer.model, meta["rng_counts"])
       epoch_start = time.time()
-      for indices in itertools.islice(sampler.epoch(epoch), done_in_epoch, None):
+      rows = parallel.process_rows(task.global_batch_size)
+      for images, labels in task.batches(epoch, done_in_epoch, rows):
         if (signal_number := stop_signals.requested()) is not None:
           _stop_on_signal(signal_number, step, epoch, steps_per_epoch, save, check_finite,
                           checkpoints, progress)
-        # Each process reads, augments and places only the rows its devices hold.
-        rows = parallel.process_rows(len(indices))
-        images = augmentations.augment(dataset.train.images[indices[rows]], config.data.augment,
-                                       seed=config.seed, epoch=epoch,
-                                       step=step - epoch * steps_per_epoch,
-                                       max_shift=config.data.max_shift, rows=rows,
-                                       batch_size=len(indices))
-        images, labels = parallel.shard_process_rows(
-            mesh, len(indices), images, dataset.train.labels[indices[rows]].astype(np.int32))
+        images, labels = parallel.shard_process_rows(mesh, task.global_batch_size, images,
+                                                     labels)
         metrics = trainer.train_step(trainer.model, trainer.optimizer, images, labels)
         step += 1
         pending_flags.append(metrics["nonfinite"])
@@ -199,6 +197,10 @@ def _run(config, workdir, changes, checkpoints, stop_signals) -> dict:
           train_log.write(step, {"epoch": epoch + 1, "skipped_steps": skipped_steps, **record})
           progress.set_postfix(loss=f"{record['loss']:.4f}",
                                active=f"{record['fraction_active']:.3f}")
+          for warning in monitor.update(step, record):
+            if is_main:
+              progress.write(f"warning: {warning}")
+            health_log.write(step, warning.record())
         progress.update(1)
       check_finite()
       epoch_seconds = time.time() - epoch_start
@@ -206,39 +208,42 @@ def _run(config, workdir, changes, checkpoints, stop_signals) -> dict:
 
       last_epoch = epoch + 1 == config.num_epochs
       if (epoch + 1) % config.eval_every_epochs == 0 or last_epoch:
-        metrics, test_embeddings = evaluation.evaluate(trainer, mesh, dataset, seed=config.seed,
-                                                       with_train=last_epoch)
+        metrics, evaluated = task.evaluate(trainer, mesh, final=last_epoch)
         eval_log.write(step, {"epoch": epoch + 1, "epoch_seconds": epoch_seconds,
                               "train_seconds": train_seconds, **metrics})
         if is_main:
-          progress.write(f"epoch {epoch + 1}: precision@1 {metrics['precision_at_1']:.4f}  "
-                         f"MAP@R {metrics['map_at_r']:.4f}  ({epoch_seconds:.0f} s, "
-                         f"{train_seconds:.0f} s of training so far)")
-        if is_main and config.export.pca_every_eval:
-          exports.plot_pca(test_embeddings, dataset.test.labels,
-                           os.path.join(workdir, "plots", f"pca_2d_epoch{epoch + 1:03d}.png"),
-                           os.path.join(workdir, "plots", f"pca_3d_epoch{epoch + 1:03d}.png"),
-                           title=f"{config.loss.name}, epoch {epoch + 1}",
-                           class_names=dataset.class_names)
+          progress.write(f"epoch {epoch + 1}: {task.eval_line(metrics)}  "
+                         f"({epoch_seconds:.0f} s, {train_seconds:.0f} s of training so far)")
+          task.after_evaluation(workdir, epoch + 1, evaluated)
       if (epoch + 1) % config.checkpoint_every_epochs == 0 or last_epoch:
         save(step, epoch + 1)
   finally:
     progress.close()
     train_log.close()
     eval_log.close()
+    health_log.close()
   checkpoints.wait()
 
-  if test_embeddings is None:  # Resumed after the last epoch: evaluate the restored model.
-    metrics, test_embeddings = evaluation.evaluate(trainer, mesh, dataset, seed=config.seed,
-                                                   with_train=True)
+  if evaluated is None:  # Resumed after the last epoch: evaluate the restored model.
+    metrics, evaluated = task.evaluate(trainer, mesh, final=True)
   final = dict(metrics)
   final.update(loss=config.loss.name, dataset=config.data.name, epochs=config.num_epochs,
-               steps=step, train_seconds=train_seconds, skipped_steps=skipped_steps)
+               steps=step, train_seconds=train_seconds, skipped_steps=skipped_steps,
+               health_warnings=[warning.record() for warning in monitor.warnings])
   if is_main:
     with open(os.path.join(workdir, "eval.json"), "w") as f:
       json.dump(final, f, indent=2)
-    reports.write_exports(workdir, config, dataset, test_embeddings, final)
+    notes = monitor.summary()
+    if final.get("unreadable_images"):
+      notes += (f"\n\n{final['unreadable_images']} unreadable image files were skipped "
+                "(unreadable_files in eval.json, when the task lists them).")
+    task.write_exports(workdir, final, evaluated, notes=notes)
   return final
+
+
+def summary_line(config: ml_collections.ConfigDict, final: dict) -> str:
+  """The final metrics of a run in one line (what `main` prints)."""
+  return tasks.TASKS[tasks.task_for(config.data.name)].build.summary_line(final)
 
 
 def _stop_on_signal(signal_number, step, epoch, steps_per_epoch, save, check_finite,

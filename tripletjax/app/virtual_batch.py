@@ -6,7 +6,8 @@ update. The split step computes the same gradient in three parts:
   1. embed (one program, sharded over the mesh): the embeddings [B, E] of the global batch;
   2. loss (between the programs, on one device of every process): the loss over the whole
      batch and its gradient d loss / d embeddings [B, E]. On a CPU the sorting miners run in
-     NumPy here (`tripletjax.mining.backend`), even when the model runs on several devices:
+     NumPy here (`train_step.make_loss_fn(..., single_device=True)`), even when the model runs
+     on several devices:
      a host callback inside a program sharded over several CPU devices deadlocks XLA:CPU's
      collectives, so the direct step must sort inside XLA there, several times slower;
   3. update (one program, sharded): the backward pass of the model with that cotangent, the
@@ -50,43 +51,23 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
-from tripletjax import losses
-from tripletjax import mining
 from tripletjax.app import parallel
 
 # The ways to split a step at the embeddings (see the module docstring).
 SPLIT_STEPS = ("split", "recompute")
 
 
-def single_device_loss_fn(loss_config: ml_collections.ConfigDict) -> Callable:
-  """(labels, embeddings) -> (loss, stats) for the configured loss, run on one device.
-
-  A sorting miner's "auto" backend is resolved for a program on one device
-  (`mining.resolve_backend`): NumPy on the host on a CPU, XLA elsewhere.
-  """
-  loss = losses.MINED_LOSSES[loss_config.name]
-  options = {name: loss_config[name] for name in loss.options}
-
-  def loss_fn(labels, embeddings):
-    chosen = dict(options)
-    if loss.sorts_rows:
-      chosen["mining_backend"] = mining.resolve_backend(
-          options["mining_backend"], num_columns=labels.shape[0], num_devices=1)
-    return loss.fn(labels, embeddings, return_stats=True, **chosen)
-  return loss_fn
-
-
-def _embed_chunks(graphdef, params, rest, chunks):
+def _embed_chunks(graphdef, params, rest, chunks, trainable):
   """The model on each chunk in turn, threading its non-parameter state (BatchNorm statistics,
   dropout stream counts) from chunk to chunk.
 
   Args:
-    graphdef, params, rest: the model, `nnx.split(model, nnx.Param, ...)`.
+    graphdef, params, rest: the model, `nnx.split(model, trainable, ...)`.
     chunks: [K, N, H, W, C] images, K chunks of N rows.
+    trainable: the filter of the parameters the optimizer updates (`models.trainable_filter`).
 
   Returns:
     `((embeddings [K, N, E], norms [K, N]), rest after the K chunks)`.
@@ -94,30 +75,30 @@ def _embed_chunks(graphdef, params, rest, chunks):
   def one_chunk(rest, images):
     model = nnx.merge(graphdef, params, rest, copy=True)
     output = model(images)
-    return nnx.state(model, nnx.Not(nnx.Param)), (output.embeddings, output.norms)
+    return nnx.state(model, nnx.Not(trainable)), (output.embeddings, output.norms)
   rest, outputs = jax.lax.scan(one_chunk, rest, chunks)
   return outputs, rest
 
 
-def _embed_keeping_pullback(model, images, *, num_chunks):
+def _embed_keeping_pullback(model, images, *, num_chunks, trainable):
   """Embeddings [B, E], norms [B], the model's new non-parameter state, and the pullback of
   the embeddings (its residuals: the activations of the forward pass)."""
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  graphdef, params, rest = nnx.split(model, trainable, ...)
 
   def embed(params):
     model = nnx.merge(graphdef, params, rest, copy=True)
     output = parallel.apply_in_chunks(model, images, num_chunks)
-    return output.embeddings, (output.norms, nnx.state(model, nnx.Not(nnx.Param)))
+    return output.embeddings, (output.norms, nnx.state(model, nnx.Not(trainable)))
   embeddings, pullback, (norms, new_rest) = jax.vjp(embed, params, has_aux=True)
   return embeddings, norms, new_rest, pullback
 
 
-def _embed_without_activations(model, images, *, num_chunks):
+def _embed_without_activations(model, images, *, num_chunks, trainable):
   """Embeddings [B, E], norms [B] and the model's new non-parameter state; no activations
   are kept. The chunks run in a `lax.scan`: XLA frees each chunk's activations."""
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  graphdef, params, rest = nnx.split(model, trainable, ...)
   (embeddings, norms), new_rest = _embed_chunks(
-      graphdef, params, rest, parallel.to_chunks(images, num_chunks))
+      graphdef, params, rest, parallel.to_chunks(images, num_chunks), trainable)
   return parallel.from_chunks(embeddings), parallel.from_chunks(norms), new_rest, None
 
 
@@ -128,7 +109,8 @@ def _pull_back(pullback, cotangent, *, replicated):
   return jax.lax.with_sharding_constraint(gradient, replicated)
 
 
-def _add_chunk_gradient(model, total, rest, images, cotangent, chunk, *, num_chunks):
+def _add_chunk_gradient(model, total, rest, images, cotangent, chunk, *, num_chunks,
+                        trainable):
   """`total` + the parameter gradient of chunk `chunk`, its forward pass re-run from `rest`.
 
   One chunk per call: XLA:CPU runs the backward pass of a convolution inside a loop
@@ -137,7 +119,7 @@ def _add_chunk_gradient(model, total, rest, images, cotangent, chunk, *, num_chu
 
   Args:
     model: the model before the step (its parameters).
-    total: the gradient of the chunks before `chunk`, like `nnx.state(model, nnx.Param)`.
+    total: the gradient of the chunks before `chunk`, like `nnx.state(model, trainable)`.
     rest: the model's non-parameter state before chunk `chunk` in the first pass.
     images: [B, H, W, C], the batch. cotangent: [B, E], d loss / d embeddings.
     chunk: the chunk's index (traced: one compilation serves every chunk).
@@ -145,12 +127,12 @@ def _add_chunk_gradient(model, total, rest, images, cotangent, chunk, *, num_chu
   Returns:
     `(total + this chunk's gradient, the non-parameter state after the chunk)`.
   """
-  graphdef, params, _ = nnx.split(model, nnx.Param, ...)
+  graphdef, params, _ = nnx.split(model, trainable, ...)
 
   def embed(params):
     chunk_model = nnx.merge(graphdef, params, rest, copy=True)
     output = chunk_model(parallel.chunk_of(images, num_chunks, chunk))
-    return output.embeddings, nnx.state(chunk_model, nnx.Not(nnx.Param))
+    return output.embeddings, nnx.state(chunk_model, nnx.Not(trainable))
   _, pullback, rest = jax.vjp(embed, params, has_aux=True)
   (gradient,) = pullback(parallel.chunk_of(cotangent, num_chunks, chunk))
   return jax.tree.map(jnp.add, total, gradient), rest
@@ -183,7 +165,8 @@ class StepGradient:
     loss: the loss over the global batch (a NumPy scalar, the same on every process).
     stats: the loss's mining statistics (NumPy scalars).
     norms: [B] the embeddings' norms before normalisation, sharded like the batch.
-    gradient: d loss / d parameters, like `nnx.state(model, nnx.Param)`, replicated.
+    gradient: d loss / d trainable parameters, like `nnx.state(model, trainable)`,
+      replicated.
     new_rest: the model's non-parameter state after the forward pass (BatchNorm statistics,
       dropout counts), not yet written into the model.
   """
@@ -199,29 +182,35 @@ class SplitTrainStep:
   returns the same metrics and updates `model` and `optimizer` in place.
 
   Args:
-    loss_config: `config.loss`.
+    loss_fn: `(labels, embeddings) -> (loss, stats)` for a program on one device (e.g.
+      `train_step.make_loss_fn(config.loss, single_device=True)`), computed on the whole
+      global batch between the two programs.
     schedule: the optimizer's learning-rate schedule (for the logged learning rate).
     mesh: the mesh of `parallel.make_mesh`; the state is replicated over it.
     num_chunks: K, the chunks each device's rows are embedded in (`config.model.forward_chunks`).
+    trainable: the filter of the parameters the optimizer updates (`models.trainable_filter`;
+      `nnx.Param` when nothing is frozen): the gradient is taken with respect to them.
     recompute: keep no activations between the programs and re-run each chunk's forward pass
       for the gradient ("recompute"), or keep the forward pass's residuals ("split").
   """
 
-  def __init__(self, loss_config: ml_collections.ConfigDict, schedule, mesh, num_chunks: int,
-               recompute: bool):
+  def __init__(self, loss_fn: Callable, schedule, mesh, num_chunks: int, trainable=nnx.Param,
+               *, recompute: bool):
     self.mesh = mesh
     self.num_chunks = num_chunks
     self.recompute = recompute
     replicated = parallel.replicated(mesh)
-    loss_fn = single_device_loss_fn(loss_config)
     self._loss_and_gradient = jax.jit(jax.value_and_grad(
         lambda embeddings, labels: loss_fn(labels, embeddings), has_aux=True))
     self._loss_device = jax.local_devices()[0]
     embed = _embed_without_activations if recompute else _embed_keeping_pullback
-    self._embed = nnx.jit(functools.partial(embed, num_chunks=num_chunks), graph=False)
+    self.trainable = trainable
+    self._embed = nnx.jit(functools.partial(embed, num_chunks=num_chunks, trainable=trainable),
+                          graph=False)
     self._pull_back = jax.jit(functools.partial(_pull_back, replicated=replicated))
     self._add_chunk_gradient = nnx.jit(
-        functools.partial(_add_chunk_gradient, num_chunks=num_chunks), graph=False)
+        functools.partial(_add_chunk_gradient, num_chunks=num_chunks, trainable=trainable),
+        graph=False)
     self._update = nnx.jit(
         functools.partial(_update, schedule=schedule, replicated=replicated), graph=False)
 
@@ -249,8 +238,8 @@ class SplitTrainStep:
     """The sum over chunks of each chunk's forward pass, re-run, pulled back with its rows of
     the cotangent. The chunks start from the model's state before the step, as the first pass
     did, so each draws the same dropout masks; their BatchNorm updates are discarded."""
-    rest = jax.tree.map(jnp.asarray, nnx.state(model, nnx.Not(nnx.Param)))  # A copy.
-    total = jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
+    rest = jax.tree.map(jnp.asarray, nnx.state(model, nnx.Not(self.trainable)))  # A copy.
+    total = jax.tree.map(jnp.zeros_like, nnx.state(model, self.trainable))
     for chunk in range(self.num_chunks):
       total, rest = self._add_chunk_gradient(model, total, rest, images, cotangent,
                                              np.int32(chunk))

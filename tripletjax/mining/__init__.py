@@ -14,6 +14,7 @@ examples), so large batches are mined block by block (`blocks`).
   batch_hard.py  the hardest positive and negative of every anchor
   masks.py       label masks
   blocks.py      blocks of anchor rows for large batches
+  shards.py      a batch split over the devices of a mesh axis: each mines its own anchors
 """
 
 from tripletjax.mining.backend import BACKENDS, check_backend, resolve_backend
@@ -22,6 +23,7 @@ from tripletjax.mining.batch_hard import HardestPairs, hardest_pairs
 from tripletjax.mining.blocks import map_over_anchor_blocks, sum_over_anchor_blocks
 from tripletjax.mining.masks import LabelMasks, label_masks
 from tripletjax.mining.semihard import SemiHardSums, semihard_sums
+from tripletjax.mining.shards import ShardAnchors, shard_anchors
 
 __all__ = [
     "BACKENDS",
@@ -29,6 +31,7 @@ __all__ = [
     "HardestPairs",
     "LabelMasks",
     "SemiHardSums",
+    "ShardAnchors",
     "batch_all_sums",
     "check_backend",
     "hardest_pairs",
@@ -36,5 +39,6 @@ __all__ = [
     "map_over_anchor_blocks",
     "resolve_backend",
     "semihard_sums",
+    "shard_anchors",
     "sum_over_anchor_blocks",
 ]

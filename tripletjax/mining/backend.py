@@ -11,10 +11,12 @@ A loss's `mining_backend` option is what the user asks for:
     and TPUs, and for programs sharded over several CPU devices, where a host callback
     deadlocks XLA:CPU's collectives (jax 0.10).
 
-`resolve_backend` turns the request into a `SortMethod`, which also says how XLA sorts: on
+`resolve_backend` turns the request into a resolved backend, which also says how XLA sorts: on
 the CPU by one uint32 rank key per entry (XLA:CPU sorts single integer operands on a fast
 path), elsewhere by (value, tag, column) as three sort operands. "xla:rank_key" and
-"xla:three_keys" force one of the two (for benchmarks and tests).
+"xla:three_keys" force one of the two, and "xla:packed_key" a third: one stable sort of a
+uint32 (value, tag) key carrying the column, the shape of sort that XLA:GPU may replace by
+CUB's radix sort (for benchmarks and tests; `mining.row_sort`).
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ import jax
 
 from tripletjax.mining import keys as keys_lib
 
-BACKENDS = ("auto", "numpy", "xla", "xla:rank_key", "xla:three_keys")
+BACKENDS = ("auto", "numpy", "xla", "xla:rank_key", "xla:three_keys", "xla:packed_key")
 
 # What `resolve_backend` returns: where the miners run and, in XLA, how rows are sorted.
 NUMPY = "numpy"
 RANK_KEY = "xla:rank_key"
 THREE_KEYS = "xla:three_keys"
-RESOLVED = (NUMPY, RANK_KEY, THREE_KEYS)
+PACKED_KEY = "xla:packed_key"
+RESOLVED = (NUMPY, RANK_KEY, THREE_KEYS, PACKED_KEY)
 
 
 def check_backend(mining_backend: str) -> str:
@@ -48,7 +51,8 @@ def check_resolved(mining_backend: str) -> str:
 
 def resolve_backend(mining_backend: str = "auto", *, num_columns: int,
                     platform: str | None = None, num_devices: int | None = None) -> str:
-  """The backend a sorting miner uses: `NUMPY`, `RANK_KEY` or `THREE_KEYS` (`RESOLVED`).
+  """The backend a sorting miner uses: `NUMPY`, `RANK_KEY`, `THREE_KEYS` or `PACKED_KEY`
+  (`RESOLVED`).
 
   Idempotent: a resolved backend resolves to itself (or to `THREE_KEYS` for rank keys on rows
   too long for them).

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from tripletjax.mining import masks
 from tripletjax.mining import row_sort
+from tripletjax.mining import shards
 
 
 class BatchAllSums(NamedTuple):
@@ -59,6 +60,13 @@ def _batch_all_backward(mining_backend, residuals, cotangents):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _batch_all_sums(distances, anchor_index, labels, margin, mining_backend):
+  return _batch_all_forward(distances, anchor_index, labels, margin, mining_backend)[0]
+
+
+_batch_all_sums.defvjp(_batch_all_forward, _batch_all_backward)
+
+
 def batch_all_sums(distances: jax.Array, anchor_index: jax.Array, labels: jax.Array,
                    margin: jax.Array, mining_backend: str) -> BatchAllSums:
   """Batch-all triplet sums of some anchors.
@@ -72,7 +80,7 @@ def batch_all_sums(distances: jax.Array, anchor_index: jax.Array, labels: jax.Ar
     margin: float32 scalar margin.
     mining_backend: how the rows are sorted, a resolved backend (`backend.resolve_backend`).
   """
-  return _batch_all_forward(distances, anchor_index, labels, margin, mining_backend)[0]
-
-
-batch_all_sums.defvjp(_batch_all_forward, _batch_all_backward)
+  # Inside shard_map a margin shared by the devices is typed as varying here, so that JAX sums
+  # its gradient (this device's sums' share) over the devices.
+  margin = shards.vary_like(margin, distances)
+  return _batch_all_sums(distances, anchor_index, labels, margin, mining_backend)

@@ -10,6 +10,9 @@ the triple:
   * XLA (`rank_keys32`): without 64-bit integers the triple does not fit one key, but the rank
     of a value within its row does: uint32 `rank * 2C + tag * C + column` for rows of C
     entries, C <= `RANK_KEY_MAX_COLUMNS`. Equal values get equal ranks.
+  * XLA, one stable sort (`packed_keys32`): uint32 `value bits << 1 | tag` (a distance's sign
+    bit is 0, so the shift loses nothing), sorted stably with the column as a second operand
+    that is carried, not compared: equal keys keep their column order.
 
 -0.0 has its sign bit set and would sort after every positive number: the packers clear it.
 """
@@ -132,3 +135,19 @@ def unpack_rank_keys32(sorted_keys: jax.Array) -> tuple[jax.Array, jax.Array]:
   num_columns = sorted_keys.shape[-1]
   return ((sorted_keys // num_columns) % 2 == 1,
           (sorted_keys % num_columns).astype(jnp.int32))
+
+
+def packed_keys32(values: jax.Array, tags: jax.Array) -> jax.Array:
+  """uint32 keys `value bits << 1 | tag`, ordered like (value, tag), for rows of any length.
+
+  Args:
+    values: [..., C] float32 >= 0, canonical zeros (inf allowed).
+    tags: [..., C] bool.
+  """
+  return (value_bits(values) << 1) | tags.astype(jnp.uint32)
+
+
+def unpack_packed_keys32(sorted_keys: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(values [..., C] float32, tags [..., C] bool) of packed keys."""
+  return (jax.lax.bitcast_convert_type(sorted_keys >> 1, jnp.float32),
+          (sorted_keys & 1).astype(bool))

@@ -7,7 +7,9 @@ gradients back to the original columns. The resolved backends (see `mining.backe
 
   * "numpy": one uint64 key per entry sorted by NumPy on the host, through a callback;
   * "xla:rank_key": one uint32 rank key per entry, two single-operand `lax.sort`s;
-  * "xla:three_keys": one `lax.sort` of three operands (value, tag, column).
+  * "xla:three_keys": one `lax.sort` of three operands (value, tag, column);
+  * "xla:packed_key": one stable `lax.sort` of two operands, the uint32 key (value, tag) and the
+    column, compared by the key alone (the form XLA:GPU can hand to CUB's radix sort).
 
 Every backend gives identical results (tests check it).
 """
@@ -21,6 +23,7 @@ import jax.numpy as jnp
 
 from tripletjax.mining import backend
 from tripletjax.mining import keys
+from tripletjax.mining import shards
 
 
 class SortedRows(NamedTuple):
@@ -42,6 +45,8 @@ def _sort_on_host(values: jax.Array, tags: jax.Array) -> SortedRows:
   sorted_values, low_words = jax.pure_callback(
       keys.sort_packed, out_shapes, keys.value_bits(values), tags.astype(jnp.uint8),
       vmap_method="expand_dims")
+  # Inside shard_map: this device's values.
+  sorted_values, low_words = shards.vary_like((sorted_values, low_words), values)
   return SortedRows(sorted_values, low_words < 0, low_words & keys.NOT_SIGN)
 
 
@@ -58,10 +63,20 @@ def _sort_by_rank_key(values: jax.Array, tags: jax.Array) -> SortedRows:
   return SortedRows(sorted_values, sorted_tags, perm)
 
 
+def _sort_by_packed_key(values: jax.Array, tags: jax.Array) -> SortedRows:
+  column = jax.lax.broadcasted_iota(jnp.int32, values.shape, values.ndim - 1)
+  # Stable, so equal keys (equal value and tag) stay in column order.
+  sorted_keys, perm = jax.lax.sort((keys.packed_keys32(values, tags), column),
+                                   dimension=values.ndim - 1, is_stable=True, num_keys=1)
+  sorted_values, sorted_tags = keys.unpack_packed_keys32(sorted_keys)
+  return SortedRows(sorted_values, sorted_tags, perm)
+
+
 _SORTS = {
     backend.NUMPY: _sort_on_host,
     backend.RANK_KEY: _sort_by_rank_key,
     backend.THREE_KEYS: _sort_by_three_keys,
+    backend.PACKED_KEY: _sort_by_packed_key,
 }
 
 

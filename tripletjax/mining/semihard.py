@@ -23,6 +23,7 @@ from tripletjax.mining import backend
 from tripletjax.mining import host
 from tripletjax.mining import masks
 from tripletjax.mining import row_sort
+from tripletjax.mining import shards
 
 
 class SemiHardSums(NamedTuple):
@@ -113,6 +114,7 @@ def _semihard_on_host(distances, anchor_index, labels, margin, with_gradient):
       functools.partial(host.semihard_sums, with_gradient=with_gradient), shapes,
       row_sort.canonical_distances(distances), masks.block_same_class(anchor_index, labels),
       anchor_index, margin, vmap_method="sequential")
+  totals = shards.vary_like(totals, distances)  # Inside shard_map: this device's values.
   return SemiHardSums(*totals[:-1]), totals.gradient
 
 
@@ -121,27 +123,12 @@ def _semihard_sums_and_gradient(distances, anchor_index, labels, margin, mining_
   margin = jnp.asarray(margin, jnp.float32)
   if mining_backend == backend.NUMPY:
     return _semihard_on_host(distances, anchor_index, labels, margin, with_gradient)
-  return _semihard_in_xla(distances, anchor_index, labels, margin, mining_backend, with_gradient)
+  return _semihard_in_xla(distances, anchor_index, labels, margin, mining_backend,
+                          with_gradient)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def semihard_sums(distances: jax.Array, anchor_index: jax.Array, labels: jax.Array,
-                  margin: jax.Array, mining_backend: str) -> SemiHardSums:
-  """Sums of the semi-hard hinge over the ordered positive pairs of some anchors (TFA semantics).
-
-  For anchor i and positive j: the nearest negative k with D[i, k] > D[i, j] (strictly); if
-  there is none, the farthest negative of i (TFA's fallback); if i has no negative, distance 0.
-  Works on a block of rows of the distance matrix so that large batches can be processed block
-  by block; pass `distances` [B, B] and `anchor_index = arange(B)` for the whole batch.
-  Differentiable in `distances` and `margin` (reverse mode); the counts are not differentiable.
-
-  Args:
-    distances: [C, B] float32 distances from the anchors to every example, >= 0.
-    anchor_index: [C] int32 example index of each anchor row; -1 marks a padding row.
-    labels: [B] integer labels of all examples.
-    margin: float32 scalar margin.
-    mining_backend: where and how to mine, a resolved backend (`backend.resolve_backend`).
-  """
+def _semihard_sums(distances, anchor_index, labels, margin, mining_backend):
   return _semihard_sums_and_gradient(distances, anchor_index, labels, margin, mining_backend,
                                      with_gradient=False)[0]
 
@@ -159,4 +146,27 @@ def _semihard_sums_backward(mining_backend, residuals, cotangents):
   return g * gradient, None, None, g * num_active.astype(jnp.float32)
 
 
-semihard_sums.defvjp(_semihard_sums_forward, _semihard_sums_backward)
+_semihard_sums.defvjp(_semihard_sums_forward, _semihard_sums_backward)
+
+
+def semihard_sums(distances: jax.Array, anchor_index: jax.Array, labels: jax.Array,
+                  margin: jax.Array, mining_backend: str) -> SemiHardSums:
+  """Sums of the semi-hard hinge over the ordered positive pairs of some anchors (TFA semantics).
+
+  For anchor i and positive j: the nearest negative k with D[i, k] > D[i, j] (strictly); if
+  there is none, the farthest negative of i (TFA's fallback); if i has no negative, distance 0.
+  Works on a block of rows of the distance matrix so that large batches can be processed block
+  by block; pass `distances` [B, B] and `anchor_index = arange(B)` for the whole batch.
+  Differentiable in `distances` and `margin` (reverse mode); the counts are not differentiable.
+
+  Args:
+    distances: [C, B] float32 distances from the anchors to every example, >= 0.
+    anchor_index: [C] int32 example index of each anchor row; -1 marks a padding row.
+    labels: [B] integer labels of all examples.
+    margin: float32 scalar margin.
+    mining_backend: where and how to mine, a resolved backend (`backend.resolve_backend`).
+  """
+  # Inside shard_map a margin shared by the devices is typed as varying here, so that JAX sums
+  # its gradient (this device's sums' share) over the devices.
+  margin = shards.vary_like(margin, distances)
+  return _semihard_sums(distances, anchor_index, labels, margin, mining_backend)

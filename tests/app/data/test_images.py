@@ -378,3 +378,23 @@ def test_list_image_files_picks_images_by_extension(tmp_path):
   assert [os.path.basename(p) for p in images.list_image_files(str(tmp_path))] == [
       "a.png", "b.JPG", "c.jpeg"]
   assert math.isclose(images.DEFAULT_SCALE[0], 0.16)
+
+
+@pytest.mark.parametrize("width, height", [(55, 60), (60, 55), (29, 33)])
+def test_a_crop_spanning_the_whole_image_survives_float_rounding(tmp_path, width, height):
+  # 28 / (28 / 55) is 55.00000000000001: the box pokes out of the image by a rounding error.
+  path = save(tmp_path / "image.png", smooth_image(height, width))
+  decoded = images.load_image(path, images.EvalTransform(28))
+  assert decoded.shape == (28, 28, 3)
+
+
+def test_a_failing_transform_is_a_bug_not_an_unreadable_file(tmp_path):
+  path = save(tmp_path / "image.png", smooth_image(20, 20))
+
+  class Broken(images.EvalTransform):
+    def crop(self, width, height, rng=None):
+      raise ValueError("a bug in the transform")
+
+  with pytest.raises(ValueError, match="a bug in the transform") as caught:
+    images.load_image(path, Broken(8))
+  assert not isinstance(caught.value, images.UnreadableImageError)

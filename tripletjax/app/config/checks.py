@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
+import os
 from typing import Any, Iterable
 
 import jax
@@ -19,15 +20,24 @@ import ml_collections
 
 from tripletjax import losses
 from tripletjax import mining
+from tripletjax import sharded
 from tripletjax import validation
 from tripletjax.app import errors
+from tripletjax.app import faiss_index
 from tripletjax.app import models
 from tripletjax.app import optimizers
+from tripletjax.app import retrieval
+from tripletjax.app import tasks
 from tripletjax.app import train_step
+from tripletjax.app import virtual_batch
 from tripletjax.app.config import defaults
 from tripletjax.app.data import augmentations
 from tripletjax.app.data import datasets
+from tripletjax.app.data import images
 from tripletjax.app.data import samplers
+from tripletjax.app.data import splits
+from tripletjax.app.models import resnet
+from tripletjax.app.models import weights
 
 # Seeds seed JAX keys (seed and seed + 1), which keep only their low 32 bits.
 SEED_LIMIT = 2**31
@@ -136,19 +146,54 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
   check.choice("train_step", train_step.TRAIN_STEPS)
 
   name = check["data.name"]
-  try:
-    datasets.find_loader(name)
-  except errors.DataError:
-    close = difflib.get_close_matches(str(name), list(datasets.DATASETS), n=1)
-    _fail("data.name", name, f"must be one of {', '.join(datasets.dataset_names())}",
-          f"did you mean {close[0]!r}?" if close else None)
+  task = tasks.task_for(name)
+  if task == "labelled":
+    try:
+      datasets.find_loader(name)
+    except errors.DataError:
+      names = list(datasets.DATASETS) + [tasks.PAIRS_PREFIX, tasks.PAIRS_DEMO_PREFIX]
+      close = difflib.get_close_matches(str(name), names, n=1)
+      valid = [*datasets.dataset_names(), *tasks.TASKS["pairs"].data_names]
+      _fail("data.name", name, f"must be one of {', '.join(valid)}",
+            f"did you mean {close[0]!r}?" if close else None)
+  elif name.startswith(tasks.PAIRS_DEMO_PREFIX):
+    check.choice("data.name", [tasks.PAIRS_DEMO_PREFIX + s for s in tasks.PAIR_DEMO_SOURCES])
+  elif name == tasks.PAIRS_PREFIX:
+    _fail("data.name", name, "must name a pair folder or CSV file after 'pairs:'")
   data_dir = check["data.data_dir"]
   if data_dir is not None and (not isinstance(data_dir, str) or not data_dir):
     _fail("data.data_dir", data_dir, "must be a folder path or None")
   check.integer("data.max_train", 1, optional=True)
   check.integer("data.max_test", 1, optional=True)
-  check.choice("data.augment", augmentations.AUGMENTATIONS)
+  check.number("data.validation_fraction", minimum=0.0, below=1.0)
+  try:
+    splits.check_class_split(check["data.class_split"])
+  except ValueError as error:
+    _fail("data.class_split", check["data.class_split"], str(error))
+  if task == "pairs":
+    check.number("data.validation_fraction", minimum=0.0, exclusive_minimum=True, below=1.0)
+    check.choice("data.augment", tasks.PAIR_AUGMENTATIONS)
+    check.choice("batch.sampler", ["shuffled"])
+    if check["data.class_split"] != "none":
+      _fail("data.class_split", check["data.class_split"],
+            "must be 'none' for pairs (a pair's two images are its only class)")
+  elif isinstance(name, str) and name.startswith(datasets.FOLDER_PREFIX):
+    check.choice("data.augment", augmentations.FILE_AUGMENTATIONS)
+  else:
+    check.choice("data.augment", augmentations.AUGMENTATIONS)
   check.integer("data.max_shift", 0)
+  check.integer("data.image_size", 1)
+  if check["data.image_channels"] not in (1, 3) or isinstance(check["data.image_channels"], bool):
+    _fail("data.image_channels", check["data.image_channels"], "must be 1 (grey) or 3 (RGB)")
+  check.integer("data.eval_resize", check["data.image_size"], optional=True)
+  for key, low, high in (("data.crop_scale", 0.0, 1.0), ("data.crop_ratio", 0.0, math.inf)):
+    value = check[key]
+    if not (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(_is_number(v) for v in value) and low < value[0] <= value[1] <= high):
+      _fail(key, value, f"must be (low, high) with {low:g} < low <= high <= {high:g}")
+  check.choice("data.unreadable", images.UNREADABLE_POLICIES)
+  check.integer("data.decode_workers", 0)
+  check.integer("data.prefetch_batches", 1)
 
   model_name = check["model.name"]
   check.choice("model.name", models.MODELS)
@@ -156,6 +201,29 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
   check.integer("model.width", 1, optional=True)
   check.number("model.dropout_rate", minimum=0.0, below=1.0, optional=True)
   check.boolean("model.batch_norm", optional=True)
+  for key, valid in (("model.stem", resnet.STEMS), ("model.style", resnet.STYLES),
+                     ("model.preprocess", resnet.PREPROCESSING), ("model.head", resnet.HEADS),
+                     ("model.pooling", resnet.POOLINGS)):
+    if check[key] is not None:
+      check.choice(key, valid)
+  freeze_before = check["model.freeze_before"]
+  if freeze_before is not None and model_name in resnet.ARCHITECTURES:
+    stage_sizes, _ = resnet.ARCHITECTURES[model_name]
+    check.choice("model.freeze_before", resnet.part_names(stage_sizes)[1:])
+  weights_path = check["model.weights"]
+  if weights_path is not None:
+    if model_name not in resnet.ARCHITECTURES:
+      _fail("model.weights", weights_path,
+            f"pretrained weights load into ResNets ({', '.join(resnet.ARCHITECTURES)}), not "
+            f"into {model_name!r}")
+    if not isinstance(weights_path, str) or not os.path.isfile(weights_path):
+      _fail("model.weights", weights_path, "no such file",
+            "nothing is downloaded at run time; the README's 'Pretrained backbones' says "
+            "where to get the files")
+    try:
+      weights.find_format(weights_path)
+    except errors.UserError as error:
+      raise errors.ConfigError(f"config.model.weights={weights_path!r}: {error}") from None
   accepted = models.MODELS[model_name].options
   for option, value in config.model.items():
     if option in models.OPTION_NAMES and value is not None and option not in accepted:
@@ -163,21 +231,31 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
             f"model {model_name!r} has no such option; leave it None (its options: "
             f"{', '.join(sorted(accepted))})")
 
-  check.choice("loss.name", losses.MINED_LOSSES)
+  task_losses = tasks.TASKS[task].losses
+  check.choice("loss.name", task_losses)
   check.number("loss.margin", minimum=0.0)
   check.choice("loss.metric", validation.METRICS)
   check.boolean("loss.soft")
   check.choice("loss.mining_backend", mining.BACKENDS)
+  check.choice("loss.mining_scope", sharded.MINING_SCOPES)
   # An option of another loss set away from its default would be silently ignored.
-  loss_options = losses.MINED_LOSSES[config.loss.name].options
+  loss_options = (losses.MINED_LOSSES[config.loss.name].options
+                  if config.loss.name in losses.MINED_LOSSES else ("margin",))
+  # Every mined loss can be mined over the devices in any scope; the pairs task's loss cannot.
+  scoped = ("mining_scope",) if config.loss.name in losses.MINED_LOSSES else ()
   default_loss = defaults.get_config().loss
   for option, value in config.loss.items():
-    if option not in ("name", *loss_options) and value != default_loss[option]:
+    if option not in ("name", *scoped, *loss_options) and value != default_loss[option]:
       _fail(f"loss.{option}", value,
             f"loss {config.loss.name!r} has no such option (its options: "
             f"{', '.join(loss_options)}); leave it at {default_loss[option]!r}")
   # A host callback inside a program sharded over several CPU devices deadlocks XLA:CPU.
   step = train_step.resolve_train_step(config.train_step, config.loss, num_devices=num_devices)
+  if step in virtual_batch.SPLIT_STEPS and config.loss.mining_scope == "local":
+    _fail("train_step", config.train_step,
+          "the split steps mine the whole global batch between two programs, not each "
+          "device's rows alone (config.loss.mining_scope='local')",
+          "set config.train_step='direct' (or 'auto') to mine locally")
   if (step == "direct" and config.loss.mining_backend == "numpy" and num_devices > 1
       and jax.default_backend() == "cpu" and losses.MINED_LOSSES[config.loss.name].sorts_rows):
     _fail("loss.mining_backend", "numpy",
@@ -213,6 +291,18 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
   check.number("optimizer.weight_decay", minimum=0.0)
   check.number("optimizer.momentum", minimum=0.0, below=1.0)
   check.number("optimizer.grad_clip_norm", minimum=0.0)
+
+  ks = check["eval.recall_ks"]
+  if not (isinstance(ks, (tuple, list)) and ks and all(_is_integer(k) and k >= 1 for k in ks)):
+    _fail("eval.recall_ks", ks, "must be a non-empty tuple of integers >= 1")
+  check.choice("eval.backend", retrieval.BACKENDS)
+  if config.eval.backend == "faiss" and not faiss_index.available():
+    raise errors.MissingDependencyError(
+        "config.eval.backend='faiss': faiss is not installed", faiss_index.INSTALL_HINT)
+  check.integer("eval.faiss_min_size", 1)
+
+  check.boolean("monitor.enabled")
+  check.integer("monitor.patience_steps", 1)
 
   check.integer("export.projector_max_points", 1)
   check.boolean("export.pca_every_eval")

@@ -28,12 +28,40 @@ def get_config() -> ml_collections.ConfigDict:
   config.train_step = "auto"
 
   config.data = ml_collections.ConfigDict()
-  config.data.name = "digits"  # digits | fashion_mnist | mnist | tfds:<name>
+  # Labelled images: digits | fashion_mnist | mnist | tfds:<name> | folder:<path> (image files
+  # arranged by class, app/data/folders.py). Pairs of images that look alike
+  # (app/data/pairs.py): pairs:<folder of left/ and right/, or CSV> | pairs_demo:<digits
+  # | fashion_mnist> (an offline pair folder written into data_dir, app/data/pair_demo.py).
+  config.data.name = "digits"
   config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
+  # At most this many training (test) examples; pairs: training (validation) pairs.
   config.data.max_train = ml_collections.FieldReference(None, field_type=int)
   config.data.max_test = ml_collections.FieldReference(None, field_type=int)
-  config.data.augment = "none"  # none | flip | shift | flip_shift (app/data/augmentations.py)
+  # Labelled images: train and test on disjoint classes, none | half | <first>:<last>
+  # (app/data/splits.py).
+  config.data.class_split = "none"
+  # Hold out this fraction for validation. Labelled images: of the training classes when the
+  # test classes are unseen (class split, SOP, In-Shop), of each class's examples otherwise.
+  # Pairs: of the pairs (at least 2). 0: no validation set (labelled images).
+  config.data.validation_fraction = 0.0
+  # In-memory images: none | flip | shift | flip_shift; image files (folder:, pairs:): none |
+  # flip | crop | crop_flip (app/data/augmentations.py).
+  config.data.augment = "none"
   config.data.max_shift = 2  # shift, flip_shift: largest translation in pixels.
+  # Image files (folder:, pairs:): square crops of image_size, image_channels 1 (grey) or 3
+  # (RGB, folder: only); evaluation resizes the shorter side to eval_resize (None: the crop
+  # spans the shorter side; "A Metric Learning Reality Check" resizes to 256 for 224), then
+  # crops the centre; training's random resized crops cover crop_scale of the area at aspect
+  # ratios crop_ratio.
+  config.data.image_size = 224
+  config.data.image_channels = 3
+  config.data.eval_resize = ml_collections.FieldReference(None, field_type=int)
+  config.data.crop_scale = (0.16, 1.0)
+  config.data.crop_ratio = (3 / 4, 4 / 3)
+  config.data.unreadable = "error"  # error | skip: an unreadable image file stops the run or
+  # is skipped, reported once and counted.
+  config.data.decode_workers = 0  # Image decoding threads; 0: one per core.
+  config.data.prefetch_batches = 2  # Image-file batches decoded ahead of the training step.
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "tfa_cnn"  # tfa_cnn | hsu_cnn | resnet18 | resnet34 | resnet50
@@ -42,19 +70,43 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.width = ml_collections.FieldReference(None, field_type=int)  # ResNets.
   config.model.dropout_rate = ml_collections.FieldReference(None, field_type=float)  # CNNs.
   config.model.batch_norm = ml_collections.FieldReference(None, field_type=bool)  # hsu_cnn.
+  # ResNets (app/models/resnet.py): stem auto | small | imagenet; style torchvision | keras;
+  # preprocess none | imagenet | caffe; head linear | mlp (Dense 512-BN-Dense 256-BN-Dense);
+  # pooling avg | flatten; freeze_before None or a part ("stage4", "stage4.block2", "head"):
+  # every part before it is frozen.
+  config.model.stem = ml_collections.FieldReference(None, field_type=str)
+  config.model.style = ml_collections.FieldReference(None, field_type=str)
+  config.model.preprocess = ml_collections.FieldReference(None, field_type=str)
+  config.model.head = ml_collections.FieldReference(None, field_type=str)
+  config.model.pooling = ml_collections.FieldReference(None, field_type=str)
+  config.model.freeze_before = ml_collections.FieldReference(None, field_type=str)
+  # A pretrained ResNet backbone from a local file (app/models/weights.py): a torchvision
+  # state_dict (.pth, .safetensors), Keras weights (.h5, .keras) or a converted .npz. Its
+  # layout sets style, preprocess and stem unless they are set. None: random initialisation.
+  config.model.weights = ml_collections.FieldReference(None, field_type=str)
   # Run the model on this many chunks of each device's batch, one after the other (the loss
   # still mines the whole batch). Smaller convolutions use the CPU caches better; with
   # BatchNorm the statistics become per chunk ("ghost" batch norm). See train.apply_in_chunks.
   config.model.forward_chunks = 1
 
   config.loss = ml_collections.ConfigDict()
-  config.loss.name = "semihard"  # semihard | hard | batch_all | contrastive
+  # Labelled data: semihard | hard | batch_all | contrastive; pairs: triplet (squared L2).
+  config.loss.name = "semihard"
   config.loss.margin = 0.5
   config.loss.metric = "l2"  # l2 | squared_l2 | angular
   config.loss.soft = False  # hard only: softplus instead of the hinge.
   # semihard, batch_all: where rows are sorted and mined, auto | numpy | xla
   # (tripletjax.mining.backend decides what "auto" means on this machine).
   config.loss.mining_backend = "auto"
+  # With several devices, who mines what (tripletjax/sharded.py):
+  #   "global": each device mines its rows against the gathered embeddings of all devices:
+  #     the loss of the whole global batch, as on one device, O(B^2 / devices) per device;
+  #   "local": each device mines its rows alone (TF/PyTorch data parallelism's default): the
+  #     mean of the per-device losses, negatives from the same device only;
+  #   "replicated": every device mines the whole gathered batch (global's loss, for
+  #     comparisons: devices x the mining work).
+  # Mined losses only (the pairs task's explicit triplet loss is computed on the whole batch).
+  config.loss.mining_scope = "global"
 
   config.batch = ml_collections.ConfigDict()
   config.batch.sampler = "shuffled"  # shuffled | balanced (P classes x K examples)
@@ -63,16 +115,29 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch.samples_per_class = 16  # K, balanced only.
 
   config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "adam"  # adam | adamw | sgd
+  config.optimizer.name = "adam"  # adam | adamw | sgd | rmsprop
   config.optimizer.learning_rate = 1e-3
   config.optimizer.schedule = "constant"  # constant | cosine | warmup_cosine
   config.optimizer.warmup_steps = 0
-  config.optimizer.weight_decay = 1e-4  # adamw only.
-  config.optimizer.momentum = 0.9  # sgd only.
+  config.optimizer.weight_decay = 1e-4  # adamw (decoupled) and rmsprop (L2) only.
+  config.optimizer.momentum = 0.9  # sgd and rmsprop only.
   config.optimizer.grad_clip_norm = 0.0  # 0 disables clipping.
   # A step with a non-finite loss or gradient stops the run (False) or is skipped and counted
   # in the metrics' skipped_steps (True). The state is never updated by such a step.
   config.optimizer.skip_nonfinite = False
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.recall_ks = (1, 2, 4, 8)  # The k of recall@k.
+  # Neighbour search: auto | numpy | faiss (the same results); auto takes faiss (if installed)
+  # for galleries of at least faiss_min_size embeddings searched for at most 64 neighbours.
+  config.eval.backend = "auto"
+  config.eval.faiss_min_size = 20_000
+
+  config.monitor = ml_collections.ConfigDict()
+  # Warn about embedding collapse, dead mining or batches without positive pairs once a sign
+  # has lasted patience_steps steps (app/monitor.py).
+  config.monitor.enabled = True
+  config.monitor.patience_steps = 200
 
   config.export = ml_collections.ConfigDict()
   config.export.projector_max_points = 2000

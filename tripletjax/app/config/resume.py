@@ -15,6 +15,7 @@ from typing import Any
 import ml_collections
 
 from tripletjax.app import errors
+from tripletjax.app.config import defaults
 
 CONFIG_FILE = "config.json"
 CHANGES_FILE = "config_changes.jsonl"
@@ -29,6 +30,9 @@ FIXED_ON_RESUME = (
     "optimizer.name",  # The optimizer state's structure.
     "optimizer.grad_clip_norm",  # Clipping on or off changes the optimizer state's structure.
 )
+
+# Keys under a fixed prefix that change how fast the data comes, not what it is.
+CHANGEABLE_ON_RESUME = ("data.decode_workers", "data.prefetch_batches")
 
 _MISSING = "<absent>"
 
@@ -58,6 +62,8 @@ def differences(recorded: dict, current: dict) -> dict[str, tuple[Any, Any]]:
 
 
 def is_fixed(key: str) -> bool:
+  if key in CHANGEABLE_ON_RESUME:
+    return False
   return any(key == fixed or (fixed.endswith(".") and key.startswith(fixed))
              for fixed in FIXED_ON_RESUME)
 
@@ -91,6 +97,10 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, t
   if recorded is None:
     return {}
   changes = differences(recorded, as_plain_dict(config))
+  # A key added to the config since the run started is no change while it has its default.
+  default = flatten(as_plain_dict(defaults.get_config()))
+  changes = {key: (old, new) for key, (old, new) in changes.items()
+             if not (old == _MISSING and key in default and new == default[key])}
   fixed = {key: change for key, change in changes.items() if is_fixed(key)}
   if fixed:
     raise errors.UserError(

@@ -13,6 +13,11 @@ process augmenting the whole batch would.
   * "shift": a random translation of up to `max_shift` pixels in each direction, filled with
     zeros (the background of MNIST-style images);
   * "flip_shift": "flip", then "shift".
+
+Image files (folder datasets) are augmented while they are decoded, by the transforms of
+`images` (`FILE_AUGMENTATIONS`): "none" (the evaluation resize and centre crop), "flip",
+"crop" (a random resized crop) and "crop_flip" (both: what "A Metric Learning Reality Check"
+trains with). Each image draws from `images.image_rng(seed, epoch, step, position)`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+from tripletjax.app.data import images
 
 
 def _draw(values: np.ndarray, rows: slice | None) -> np.ndarray:
@@ -92,3 +98,24 @@ def augment(images: np.ndarray, kind: str, *, seed: int, epoch: int, step: int,
                      "images given.")
   return AUGMENTATIONS[kind](images, np.random.default_rng([seed, epoch, step]), max_shift,
                              rows=rows, batch_size=batch_size)
+
+
+# Augmentations of image files, by name: (size, eval_resize, scale, ratio) -> the transform a
+# training image is decoded through.
+FILE_AUGMENTATIONS: dict[str, Callable[..., images.Transform]] = {
+    "none": lambda size, resize, scale, ratio: images.EvalTransform(size, resize),
+    "flip": lambda size, resize, scale, ratio: images.TrainTransform(
+        size, random_crop=False, flip=True, resize=resize),
+    "crop": lambda size, resize, scale, ratio: images.TrainTransform(
+        size, scale, ratio, flip=False),
+    "crop_flip": lambda size, resize, scale, ratio: images.TrainTransform(size, scale, ratio),
+}
+
+
+def file_transform(kind: str, *, size: int, resize: int, scale=images.DEFAULT_SCALE,
+                   ratio=images.DEFAULT_RATIO) -> images.Transform:
+  """The decoding transform of image-file augmentation `kind` (one of `FILE_AUGMENTATIONS`)."""
+  if kind not in FILE_AUGMENTATIONS:
+    raise ValueError(f"Unknown image-file augmentation {kind!r}; expected one of "
+                     f"{sorted(FILE_AUGMENTATIONS)}.")
+  return FILE_AUGMENTATIONS[kind](size, resize, tuple(scale), tuple(ratio))

@@ -12,6 +12,13 @@ and int32 labels [N]. Names:
   * "tfds:<name>": any image classification dataset of tensorflow-datasets with "image" and
     "label" features and "train" and "test" splits, read through `tfds.data_source`, which
     needs no TensorFlow once the dataset is prepared.
+  * "folder:<path>": image files of any size arranged by class (`folders` lists the layouts:
+    class sub-folders, train/test or query/gallery folders, a CSV list, Stanford Online
+    Products' and In-Shop's list files). Its splits hold `images.ImageFiles`, decoded batch by
+    batch in worker threads through the `ImageOptions` transforms, never all in memory.
+
+After loading, `class_split` makes the train and test classes disjoint (`splits`), a validation
+subset may be held out of the training side, and `max_train` / `max_test` subsample.
 """
 
 from __future__ import annotations
@@ -28,12 +35,16 @@ from typing import Callable
 import numpy as np
 
 from tripletjax.app import errors
+from tripletjax.app.data import folders
+from tripletjax.app.data import images as images_lib
+from tripletjax.app.data import splits
 
 FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                              "Shirt", "Sneaker", "Bag", "Ankle boot")
 DIGIT_CLASS_NAMES = tuple(str(digit) for digit in range(10))
 TFDS_PREFIX = "tfds:"
+FOLDER_PREFIX = "folder:"
 
 # The IDX files of MNIST and Fashion-MNIST, by split: (images, labels).
 IDX_FILES = {
@@ -60,11 +71,15 @@ class Split:
   """One split of a dataset.
 
   Attributes:
-    images: float32 [N, H, W, C] scaled to [0, 1].
+    images: float32 [N, H, W, C] scaled to [0, 1]: an array, or `images.ImageFiles` that
+      decode on demand.
     labels: int32 [N], indices into `Dataset.class_names`.
+    is_query: None (evaluation is leave-one-out over the split), or bool [N]: the queries,
+      whose neighbours are searched among the other examples, the gallery (In-Shop).
   """
-  images: np.ndarray
+  images: np.ndarray | images_lib.ImageFiles
   labels: np.ndarray
+  is_query: np.ndarray | None = None
 
   def __post_init__(self):
     if self.images.ndim != 4 or self.images.dtype != np.float32:
@@ -74,9 +89,24 @@ class Split:
       raise ValueError(f"labels must be int32 [N], got {self.labels.dtype} {self.labels.shape}.")
     if len(self.images) != len(self.labels):
       raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels.")
+    if self.is_query is not None and (np.shape(self.is_query) != self.labels.shape
+                                      or np.asarray(self.is_query).dtype != bool):
+      raise ValueError(f"is_query must be bool [N] = {self.labels.shape}, got "
+                       f"{np.asarray(self.is_query).dtype} {np.shape(self.is_query)}.")
 
   def __len__(self) -> int:
     return len(self.labels)
+
+  def take(self, indices) -> "Split":
+    """The examples at `indices` (ints), in that order; image files stay undecoded."""
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    return Split(images_lib.take(self.images, indices), self.labels[indices],
+                 None if self.is_query is None else self.is_query[indices])
+
+  @property
+  def classes(self) -> np.ndarray:
+    """The distinct labels of this split, sorted."""
+    return np.unique(self.labels)
 
   @property
   def num_classes(self) -> int:
@@ -86,10 +116,20 @@ class Split:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
+  """A dataset's splits.
+
+  Attributes:
+    name: its name (`load_dataset`'s).
+    train: the training examples.
+    test: the evaluation examples (leave-one-out, or queries and gallery).
+    class_names: names indexed by label.
+    validation: examples held out of the training side for validation, or None.
+  """
   name: str
   train: Split
   test: Split
   class_names: tuple[str, ...]
+  validation: Split | None = None
 
   @property
   def num_classes(self) -> int:
@@ -99,19 +139,60 @@ class Dataset:
   def image_shape(self) -> tuple[int, int, int]:
     return tuple(self.train.images.shape[1:])
 
+  @property
+  def unseen_test_classes(self) -> np.ndarray:
+    """The test classes that no training example has (all of them under a class split)."""
+    return np.setdiff1d(self.test.classes, self.train.classes)
+
+  def close(self) -> None:
+    """Stops the decoding threads of image-file splits (arrays have none)."""
+    for split in (self.train, self.test, self.validation):
+      if split is not None and images_lib.is_lazy(split.images):
+        split.images.decoder.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageOptions:
+  """How image files are decoded (folder datasets): `config.data`'s image keys.
+
+  Attributes:
+    size: the side of the square crops.
+    channels: 1 (grey) or 3 (RGB).
+    eval_resize: the shorter side before the evaluation centre crop (MLRC: 256 for 224);
+      None: the crop spans the shorter side.
+    unreadable: "error" or "skip" (`images.UNREADABLE_POLICIES`).
+    workers: decoding threads; 0: one per core.
+  """
+  size: int = 224
+  channels: int = 3
+  eval_resize: int | None = None
+  unreadable: str = "error"
+  workers: int = 0
+
+  def eval_transform(self) -> images_lib.EvalTransform:
+    return images_lib.EvalTransform(self.size, self.eval_resize)
+
 
 def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0,
-                 max_train: int | None = None, max_test: int | None = None) -> Dataset:
+                 max_train: int | None = None, max_test: int | None = None,
+                 class_split: str = "none", validation_fraction: float = 0.0,
+                 image_options: ImageOptions | None = None) -> Dataset:
   """Loads a dataset by name (see the module docstring for the names).
 
   Args:
-    name: "digits", "fashion_mnist", "mnist" or "tfds:<name>".
-    data_dir: the folder of the IDX files (fashion_mnist, mnist) or tfds' data dir (tfds:).
-      Ignored by "digits".
-    seed: seeds the train/test split of "digits" and the subsamples below.
+    name: "digits", "fashion_mnist", "mnist", "tfds:<name>" or "folder:<path>".
+    data_dir: the folder of the IDX files (fashion_mnist, mnist), tfds' data dir (tfds:), or
+      the folder a relative folder: path is in. Ignored by "digits".
+    seed: seeds the train/test split of "digits", the validation subset and the subsamples.
     max_train: keep at most this many training examples, a deterministic subsample with the
       class proportions of the full split (None keeps all).
     max_test: the same for the test split.
+    class_split: "none", "half" or "<first>:<last>": train and test on disjoint classes
+      (`splits`).
+    validation_fraction: hold this fraction of the training side out for validation: of its
+      classes when train and test classes are disjoint (a class split, SOP, In-Shop), of each
+      class's examples otherwise; 0: no validation.
+    image_options: how folder datasets decode their images (default `ImageOptions()`).
 
   Returns:
     The dataset.
@@ -123,17 +204,63 @@ def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0,
     errors.MissingDependencyError (an ImportError): a tfds: name without tensorflow-datasets.
     errors.DataUnavailableError (a RuntimeError): a tfds dataset that is not prepared and
       cannot be downloaded here.
-    errors.ConfigError (a ValueError): max_train or max_test < 1.
+    errors.ConfigError (a ValueError): max_train or max_test < 1, a class split that leaves
+      a side without classes.
   """
-  dataset = find_loader(name)(name, data_dir, seed)
+  dataset = find_loader(name)(name, data_dir, seed, image_options or ImageOptions())
+  dataset = _split_classes(dataset, class_split)
+  # Validation mirrors the test side: unseen classes when the test classes are unseen.
+  disjoint = not np.intersect1d(dataset.train.classes, dataset.test.classes).size
+  dataset = _hold_out_validation(dataset, validation_fraction, disjoint, seed)
   return dataclasses.replace(
       dataset,
       train=_subsample(dataset.train, max_train, seed, "max_train"),
       test=_subsample(dataset.test, max_test, seed + 1, "max_test"))
 
 
-def _load_fashion_mnist(name: str, data_dir: str | None, seed: int) -> Dataset:
-  del seed
+def _split_classes(dataset: Dataset, class_split: str) -> Dataset:
+  """Pools every example and puts each on the side of its class (`splits.training_classes`)."""
+  all_labels = np.concatenate([dataset.train.labels, dataset.test.labels])
+  train_classes = splits.training_classes(class_split, all_labels)
+  if train_classes is None:
+    if not len(dataset.test):
+      raise errors.ConfigError(
+          f"{dataset.name} has no test split (one set of class folders): "
+          "config.data.class_split='none' leaves nothing to evaluate.",
+          "set config.data.class_split='half' (or '<first>:<last>') to train and test on "
+          "disjoint classes, or arrange the folder as train/ and test/ sub-folders")
+    return dataset
+  if dataset.test.is_query is not None:
+    raise errors.ConfigError(
+        f"config.data.class_split={class_split!r}: {dataset.name} comes with its own query and "
+        "gallery split, on classes disjoint from training.",
+        "leave config.data.class_split='none'")
+  images = images_lib.concatenate(dataset.train.images, dataset.test.images)
+  pooled = Split(images, all_labels)
+  in_train = np.isin(all_labels, train_classes)
+  return dataclasses.replace(dataset, train=pooled.take(np.flatnonzero(in_train)),
+                             test=pooled.take(np.flatnonzero(~in_train)))
+
+
+def _hold_out_validation(dataset: Dataset, fraction: float, by_class: bool,
+                         seed: int) -> Dataset:
+  if not fraction:
+    return dataset
+  if not 0 < fraction < 1:
+    raise errors.ConfigError(f"config.data.validation_fraction={fraction!r}: must be in "
+                             "[0, 1).")
+  labels = dataset.train.labels
+  if by_class:
+    held_out = splits.class_holdout(labels, fraction, seed)
+  else:
+    held_out = splits.stratified_holdout(labels, fraction, seed)
+  return dataclasses.replace(dataset, train=dataset.train.take(np.flatnonzero(~held_out)),
+                             validation=dataset.train.take(np.flatnonzero(held_out)))
+
+
+def _load_fashion_mnist(name: str, data_dir: str | None, seed: int,
+                        image_options: ImageOptions) -> Dataset:
+  del seed, image_options
   if data_dir is None:
     if not os.path.isdir(FASHION_MNIST_DEBIAN_DIR):
       raise errors.DataNotFoundError(
@@ -144,30 +271,41 @@ def _load_fashion_mnist(name: str, data_dir: str | None, seed: int) -> Dataset:
   return _load_idx_dataset(name, data_dir, FASHION_MNIST_CLASS_NAMES)
 
 
-def _load_mnist(name: str, data_dir: str | None, seed: int) -> Dataset:
-  del seed
+def _load_mnist(name: str, data_dir: str | None, seed: int,
+                image_options: ImageOptions) -> Dataset:
+  del seed, image_options
   if data_dir is None:
     return dataclasses.replace(_load_tfds("mnist", None), name=name)
   return _load_idx_dataset(name, data_dir, DIGIT_CLASS_NAMES)
 
 
-# Loaders by dataset name, and by name prefix ("tfds:mnist"): loader(name, data_dir, seed).
-DATASETS: dict[str, Callable[[str, str | None, int], Dataset]] = {
-    "digits": lambda name, data_dir, seed: _load_digits(seed),
+# Loaders by dataset name, and by name prefix ("tfds:mnist"):
+# loader(name, data_dir, seed, image_options).
+Loader = Callable[[str, str | None, int, ImageOptions], Dataset]
+DATASETS: dict[str, Loader] = {
+    "digits": lambda name, data_dir, seed, image_options: _load_digits(seed),
     "fashion_mnist": _load_fashion_mnist,
     "mnist": _load_mnist,
 }
-DATASET_PREFIXES: dict[str, Callable[[str, str | None, int], Dataset]] = {
-    TFDS_PREFIX: lambda name, data_dir, seed: _load_tfds(name[len(TFDS_PREFIX):], data_dir),
+DATASET_PREFIXES: dict[str, Loader] = {
+    TFDS_PREFIX: lambda name, data_dir, seed, image_options: _load_tfds(
+        name[len(TFDS_PREFIX):], data_dir),
+    FOLDER_PREFIX: lambda name, data_dir, seed, image_options: _load_folder(
+        name, data_dir, image_options),
 }
 
 
+# What follows each prefix, as the valid names show it.
+_PREFIX_ARGUMENTS = {TFDS_PREFIX: "<name>", FOLDER_PREFIX: "<path>"}
+
+
 def dataset_names() -> list[str]:
-  """The valid `name`s of `load_dataset`, prefixes shown as "prefix<name>"."""
-  return sorted(DATASETS) + [f"{prefix}<name>" for prefix in sorted(DATASET_PREFIXES)]
+  """The valid `name`s of `load_dataset`, prefixes shown as "tfds:<name>", "folder:<path>"."""
+  return sorted(DATASETS) + [f"{prefix}{_PREFIX_ARGUMENTS.get(prefix, '<name>')}"
+                             for prefix in sorted(DATASET_PREFIXES)]
 
 
-def find_loader(name) -> Callable[[str, str | None, int], Dataset]:
+def find_loader(name) -> Loader:
   """The loader of dataset `name`; `errors.DataError` listing the valid names if none."""
   if isinstance(name, str):
     if name in DATASETS:
@@ -440,6 +578,14 @@ def _read_tfds_source(source, description: str) -> Split:
       labels.append(example["label"])
   if not images:
     raise errors.DataError(f"tfds {description} is empty.")
+  shapes = {np.shape(image) for image in images}
+  if len(shapes) > 1:
+    raise errors.DataError(
+        f"tfds {description} holds images of {len(shapes)} different sizes (e.g. "
+        f"{', '.join(map(str, sorted(shapes)[:3]))}); tfds: datasets are read into memory "
+        "as they are and need one image size.",
+        "read such datasets (CUB-200-2011, Cars196, ...) from their image files with "
+        "config.data.name=folder:<path>, which resizes and crops them (see configs/)")
   images = np.stack(images)
   if images.ndim == 3:  # Grayscale features without a channel axis.
     images = images[..., np.newaxis]
@@ -464,6 +610,47 @@ def _read_examples(source, indices: range) -> list:
     # Sources without `__getitems__`, and tfds' mock data source, whose `__getitems__` is
     # broken (tfds 4.9.10: "_getitems() missing 1 required positional argument").
     return [source[index] for index in indices]
+
+
+# --- image folders -----------------------------------------------------------------------------
+
+
+def _load_folder(name: str, data_dir: str | None, image_options: ImageOptions) -> Dataset:
+  """A `folder:<path>` dataset: its items by split (`folders.read_folder`), decoded lazily."""
+  path = os.path.expanduser(name[len(FOLDER_PREFIX):])
+  if data_dir is not None and not os.path.isabs(path):
+    path = os.path.join(data_dir, path)
+  index = folders.read_folder(path)
+  decoder = images_lib.ImageDecoder(image_options.channels, image_options.workers,
+                                    image_options.unreadable)
+  transform = image_options.eval_transform()
+
+  def split_of(*names: str, query: str | None = None) -> Split:
+    items = [item for split_name in names for item in index.splits.get(split_name, [])]
+    number = {class_name: label for label, class_name in enumerate(index.class_names)}
+    labels = np.asarray([number[class_name] for _, class_name in items], np.int64)
+    files = images_lib.ImageFiles([path for path, _ in items], labels.reshape(-1), decoder,
+                                  transform)
+    is_query = None
+    if query is not None:
+      is_query = np.asarray([split_name == query for split_name in names
+                             for _ in index.splits.get(split_name, [])], bool)
+    return Split(files, labels.astype(np.int32).reshape(-1), is_query)
+
+  present = set(index.splits)
+  if present == {"all"}:
+    train, test = split_of("all"), split_of()
+  elif present == {"train", "test"}:
+    train, test = split_of("train"), split_of("test")
+  elif present == {"train", "query", "gallery"}:
+    train, test = split_of("train"), split_of("query", "gallery", query="query")
+  else:
+    decoder.close()
+    raise errors.DataError(
+        f"{name}: its {index.layout} layout has the splits {', '.join(sorted(present))}; a "
+        "folder dataset needs train and test, train, query and gallery, or a single set of "
+        "class folders (split by config.data.class_split).")
+  return Dataset(name=name, train=train, test=test, class_names=index.class_names)
 
 
 # --- subsampling -------------------------------------------------------------------------------
@@ -491,4 +678,4 @@ def _subsample(split: Split, max_examples: int | None, seed: int, argument: str)
       rng.permutation(np.flatnonzero(split.labels == label))[:quota]
       for label, quota in zip(classes, quotas)])
   keep = np.sort(keep)  # The original order, as the full split has it.
-  return Split(split.images[keep], split.labels[keep])
+  return split.take(keep)

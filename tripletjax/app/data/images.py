@@ -261,34 +261,49 @@ def load_image(path: str, transform: Transform, *, channels: int = 3,
     raise ValueError(f"channels must be 1 or 3, got {channels!r}.")
   out_height, out_width = transform.size
   try:
-    with Image.open(path) as image:
+    image = Image.open(path)
+  except _UNREADABLE_ERRORS as error:
+    raise _unreadable(path, error) from error
+  with image:
+    try:
       orientation = _orientation(image)
       width, height = image.size
-      if orientation in _TRANSPOSED_ORIENTATIONS:
-        width, height = height, width
-      box, flip = transform.crop(width, height, rng)
-      # A JPEG can be decoded at 1/2, 1/4 or 1/8 scale: ask for the smallest scale that
-      # still gives the crop at least the output's resolution.
-      reduction = min(1.0, max(out_width / max(box[2] - box[0], 1e-9),
-                               out_height / max(box[3] - box[1], 1e-9)))
+    except _UNREADABLE_ERRORS as error:
+      raise _unreadable(path, error) from error
+    if orientation in _TRANSPOSED_ORIENTATIONS:
+      width, height = height, width
+    box, flip = transform.crop(width, height, rng)
+    # A JPEG can be decoded at 1/2, 1/4 or 1/8 scale: ask for the smallest scale that still
+    # gives the crop at least the output's resolution.
+    reduction = min(1.0, max(out_width / max(box[2] - box[0], 1e-9),
+                             out_height / max(box[3] - box[1], 1e-9)))
+    try:
       if reduction < 1.0 and image.format == "JPEG":
         stored = image.size
         image.draft(image.mode, (math.ceil(stored[0] * reduction),
                                  math.ceil(stored[1] * reduction)))
       image.load()
       decoded = ImageOps.exif_transpose(image) if orientation != 1 else image
-      factor_x, factor_y = decoded.size[0] / width, decoded.size[1] / height
       decoded = _to_channels(decoded, channels)
-      scaled_box = (box[0] * factor_x, box[1] * factor_y, box[2] * factor_x, box[3] * factor_y)
-      result = decoded.resize((out_width, out_height), Image.Resampling.BILINEAR,
-                              box=scaled_box)
-      if flip:
-        result = result.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-      array = np.asarray(result, dtype=np.uint8)
-  except _UNREADABLE_ERRORS as error:
-    reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
-    raise UnreadableImageError(os.fspath(path), reason) from error
-  return array.reshape(out_height, out_width, channels)
+    except _UNREADABLE_ERRORS as error:
+      raise _unreadable(path, error) from error
+  # The box in the decoded image's pixels (a reduced decode is smaller), inside the image
+  # (float rounding can put a full-size box a hair outside it).
+  decoded_width, decoded_height = decoded.size
+  factor_x, factor_y = decoded_width / width, decoded_height / height
+  scaled_box = (min(max(box[0] * factor_x, 0.0), decoded_width),
+                min(max(box[1] * factor_y, 0.0), decoded_height),
+                min(max(box[2] * factor_x, 0.0), decoded_width),
+                min(max(box[3] * factor_y, 0.0), decoded_height))
+  result = decoded.resize((out_width, out_height), Image.Resampling.BILINEAR, box=scaled_box)
+  if flip:
+    result = result.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+  return np.asarray(result, dtype=np.uint8).reshape(out_height, out_width, channels)
+
+
+def _unreadable(path, error: BaseException) -> UnreadableImageError:
+  reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+  return UnreadableImageError(os.fspath(path), reason)
 
 
 def _check_policy(on_error: str) -> str:

@@ -38,7 +38,8 @@ class ModelSpec:
   options: tuple[str, ...]
 
 
-_RESNET_OPTIONS = ("bn_momentum", "stem", "width", "zero_init_residual")
+_RESNET_OPTIONS = ("bn_momentum", "freeze_before", "head", "pooling", "preprocess", "stem",
+                   "style", "width", "zero_init_residual")
 
 MODELS: dict[str, ModelSpec] = {
     "tfa_cnn": ModelSpec(TFACNN, ("dropout_rate",)),
@@ -50,6 +51,17 @@ MODELS: dict[str, ModelSpec] = {
 
 # Every option of some model.
 OPTION_NAMES = frozenset().union(*(spec.options for spec in MODELS.values()))
+
+
+def trainable_filter(model: nnx.Module):
+  """The NNX filter of `model`'s trainable parameters: every `nnx.Param` but the frozen ones.
+
+  A model with frozen parts (a `ResNet` with `freeze_before`) says which through its
+  `is_frozen(path)`; for any other model this is `nnx.Param` itself.
+  """
+  if getattr(model, "freeze_before", None) is None:
+    return nnx.Param
+  return nnx.All(nnx.Param, lambda path, value: not model.is_frozen(path))
 
 
 def create_model(name: str, *, input_shape: tuple[int, int, int], embedding_dim: int,
@@ -94,4 +106,5 @@ __all__ = [
     "resnet18",
     "resnet34",
     "resnet50",
+    "trainable_filter",
 ]
