@@ -7,6 +7,13 @@
 
 Other IDX directory: --config.data.data_dir=/path/to/fashion-mnist.
 
+Batches larger than memory (virtual batches: exact mining over all 8192, the model's memory
+that of one chunk of 256 rows):
+
+  python -m tripletjax.main --config=configs/fashion_mnist.py --workdir=runs/fashion-8192 \
+      --config.batch.batch_size=8192 --config.train_step=recompute \
+      --config.model.forward_chunks=32
+
 Result: test leave-one-out precision@1 0.9042, MAP@R 0.8003 after 20 epochs on 2 CPU cores
 (raw pixels: 0.809); every run and variant tried is in benchmarks/RESULTS.md.
 With --config.data.class_split=half (train on classes 0-4, retrieve among the unseen 5-9):

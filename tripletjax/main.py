@@ -5,8 +5,10 @@
   python -m tripletjax.main --config=configs/fashion_mnist.py --config.loss.margin=0.2
 
 Everything the run produces goes to --workdir (default: runs/<dataset>-<loss>); an interrupted
-run started again with the same --workdir resumes from its last checkpoint. Multi-host: start
-one process per host with --coordinator_address, --num_processes and --process_id.
+run started again with the same --workdir resumes from its last checkpoint. Several hosts: start
+one process per host with --coordinator_address, --num_processes and --process_id (or their
+environment variables, or --distributed under Slurm, Open MPI, Kubernetes or on a TPU pod
+slice); see `tripletjax.app.distributed`.
 
 On a CPU-only machine the run splits every batch over one JAX device per core (--cpu_devices):
 XLA:CPU runs each convolution on a single thread, so data parallelism over the cores is what
@@ -29,6 +31,7 @@ try:
   from ml_collections import config_flags
 
   from tripletjax.app import cli
+  from tripletjax.app import distributed
   from tripletjax.app import errors
   from tripletjax.app import preemption
 except ImportError as missing:
@@ -41,32 +44,29 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, metrics, plots and exports.")
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0, for multi-host runs.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.",
-                                      lower_bound=1)
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).",
-                                   lower_bound=0)
+    "coordinator_address", None, "host:port of process 0, for multi-host runs (default: "
+    f"${distributed.ADDRESS_VARIABLE}).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Processes in a multi-host run (default: "
+    f"${distributed.NUM_PROCESSES_VARIABLE}).", lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, f"This process's index (default: ${distributed.PROCESS_ID_VARIABLE}).",
+    lower_bound=0)
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Start jax.distributed from what the cluster tells JAX (Slurm, Open "
+    "MPI, Kubernetes, TPU pod slices) for whatever the three flags above leave unset.")
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", None, "JAX devices on the CPU backend (default: one per available core). "
     "Used only when there is no accelerator.", lower_bound=1)
 flags.mark_flags_as_required(["config"])
 
 
-def _check_processes() -> None:
-  if _COORDINATOR.value is None and (_NUM_PROCESSES.value is not None
-                                     or _PROCESS_ID.value is not None):
-    raise errors.ConfigError("--num_processes and --process_id need --coordinator_address")
-  if (_NUM_PROCESSES.value is not None and _PROCESS_ID.value is not None
-      and _PROCESS_ID.value >= _NUM_PROCESSES.value):
-    raise errors.ConfigError(f"--process_id={_PROCESS_ID.value} must be below "
-                             f"--num_processes={_NUM_PROCESSES.value}")
-
-
 def run(argv: list[str]) -> None:
   if len(argv) > 1:
     raise errors.ConfigError(f"unexpected arguments {argv[1:]}: every option is a --flag",
                              cli.FLAGS_HINT)
-  _check_processes()
+  launch = distributed.launch_from(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                   _DISTRIBUTED.value)
   # Imported here: flag mistakes are reported before the trainer's imports (flax, orbax,
   # matplotlib: seconds) are made.
   from tripletjax.app import train
@@ -80,8 +80,7 @@ def run(argv: list[str]) -> None:
   if cpu_devices is None:
     cpu_devices = len(os.sched_getaffinity(0))
   jax.config.update("jax_num_cpu_devices", cpu_devices)
-  if _COORDINATOR.value:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  distributed.initialize(launch)
   config = _CONFIG.value
   checks.check_config(config)  # Every value, before the workdir and the data are touched.
   workdir = _WORKDIR.value or os.path.join("runs", f"{config.data.name}-{config.loss.name}")

@@ -49,6 +49,7 @@ def train_step_programs(batch_size: int) -> dict[str, np.ndarray]:
   config.model.embedding_dim = 16
   config.model.dropout_rate = 0.0
   config.batch.batch_size = batch_size
+  config.train_step = "direct"  # The one-program step, where the scopes apply.
   dataset = datasets.load_dataset("digits", seed=0)
   mesh = parallel.make_mesh()
   indices = next(iter(samplers.ShuffledBatches(dataset.train.labels, batch_size, seed=0)
@@ -158,7 +159,8 @@ def test_the_training_loop_builds_the_trainer_with_the_configured_scope(scope, m
 
   seen = {}
 
-  def build_trainer(config, input_shape, total_steps, mesh, loss_fn=None, mining_scope=None):
+  def build_trainer(config, input_shape, total_steps, mesh, loss_fn=None, mining_scope=None,
+                    single_device_loss_fn=None):
     seen.update(loss_fn=loss_fn, mining_scope=mining_scope)
     raise Built
 

@@ -3,11 +3,14 @@
 The loop (`train.py`) is the same for both: steps, metrics, checkpoints, resume, evaluation
 and exports. A task supplies what differs:
 
-  * `input_shape`, `steps_per_epoch`;
-  * `batches(epoch, start_step)`: the host batches (images, labels) of an epoch from a step on,
-    a pure function of (seed, epoch, step), so a resumed run sees the same batches;
+  * `input_shape`, `steps_per_epoch`, `global_batch_size` (the rows of a step's batch);
+  * `batches(epoch, start_step, rows)`: the host batches (images, labels) of an epoch from a
+    step on, a pure function of (seed, epoch, step), so a resumed run sees the same batches;
+    only rows `rows` of each (a process's rows, `parallel.process_rows`);
   * `loss_fn(labels, embeddings) -> (loss, stats)`, inside the compiled train step, and
     `mining_scope`, how it is computed over the devices (`tripletjax.sharded`);
+    `single_device_loss_fn`, the same loss for a program on one device (the split steps of
+    `virtual_batch` compute it between their two programs);
   * `evaluate(trainer, mesh, final)`, `eval_line`, `after_evaluation`,
     `write_exports(workdir, final, payload, notes)` and `summary_line`: evaluation, its console
     line, per-evaluation plots and the final exports (`notes`: the mining-health verdict).
@@ -93,14 +96,17 @@ class LabelledTask:
             "the metric-learning protocol fine-tunes an ImageNet-pretrained one (README, "
             "'Pretrained backbones')", file=sys.stderr, flush=True)
     self.steps_per_epoch = self.sampler.steps_per_epoch
+    self.global_batch_size = config.batch.batch_size
     self.input_shape = tuple(self.dataset.train.images.shape[1:])
     self.loss_fn = train_step.make_loss_fn(config.loss)
+    self.single_device_loss_fn = train_step.make_loss_fn(config.loss, single_device=True)
     self.mining_scope = config.loss.mining_scope
     self.description = f"{config.loss.name} on {config.data.name}"
 
-  def batches(self, epoch: int, start_step: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  def batches(self, epoch: int, start_step: int,
+              rows: slice | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     for images, labels in self.pipeline.train_batches(self.dataset.train, self.sampler, epoch,
-                                                      start_step):
+                                                      start_step, rows):
       yield images, labels.astype(np.int32)
 
   def evaluate(self, trainer, mesh, final: bool) -> tuple[dict, np.ndarray]:
@@ -230,8 +236,10 @@ class PairTask:
                                             config.batch.batch_size, config.seed)
     self.validation = pairs_lib.validation_triplets(validation, num_pairs, config.seed)
     self.steps_per_epoch = self.sampler.steps_per_epoch
+    self.global_batch_size = 3 * config.batch.batch_size  # Anchors, positives, negatives.
     self.input_shape = (size, size, 3)
     self.loss_fn = functools.partial(_triplet_batch_loss, margin=config.loss.margin)
+    self.single_device_loss_fn = self.loss_fn
     # The loss splits the whole batch into anchors, positives and negatives: every device
     # computes it on the gathered batch (it is O(B), nothing to mine).
     self.mining_scope = "replicated"
@@ -264,14 +272,17 @@ class PairTask:
     self.replaced_triplets += int(np.sum(~triplets))
     return grouped.reshape(images.shape)
 
-  def batches(self, epoch: int, start_step: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  def batches(self, epoch: int, start_step: int,
+              rows: slice | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     jobs = (functools.partial(self._start_batch, epoch, step, indices)
             for step, indices in enumerate(
                 itertools.islice(self.sampler.epoch(epoch), start_step, None), start=start_step))
-    labels = np.zeros(3 * self.config.batch.batch_size, np.int32)
+    labels = np.zeros(self.global_batch_size, np.int32)
+    rows = slice(None) if rows is None else rows
+    # A triplet's replacement depends on the whole batch: every process decodes all of it.
     for images, readable in images_lib.ImageDecoder.prefetch(
         jobs, depth=self.config.data.prefetch_batches):
-      yield self._without_unreadable(images, readable), labels
+      yield self._without_unreadable(images, readable)[rows], labels[rows]
 
   def _validation_images(self):
     """The lazily decoded validation images: the left images, then the right ones."""

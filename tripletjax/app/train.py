@@ -2,9 +2,9 @@
 
 A batch goes from the task (`tasks`: labelled images through `data.datasets`, `data.samplers`
 and `data.augmentations`, or triplets of image files through `data.pairs` and `data.images`;
-deterministic given seed, epoch and step) -> `parallel.shard_batch` (each process puts its
-rows on its devices) -> `train_step` (forward, the task's loss over the global batch, Optax
-update). Around the steps: metrics (`metric_logging`), the mining-health monitor (`monitor`),
+deterministic given seed, epoch and step; each process reads and augments only the rows its
+devices hold) -> `parallel.shard_process_rows` (each process puts its rows on its devices) ->
+`train_step` (forward, the task's loss over the global batch, Optax update). Around the steps: metrics (`metric_logging`), the mining-health monitor (`monitor`),
 evaluation (`evaluation`), checkpoints (`checkpointing`, resumed at the exact step), stop
 signals (`preemption`) and, at the end, the exports (`reports`).
 """
@@ -114,7 +114,8 @@ def _train(config, workdir, changes, checkpoints, stop_signals, mesh, task) -> d
   steps_per_epoch = task.steps_per_epoch
   total_steps = steps_per_epoch * config.num_epochs
   trainer = train_step.build_trainer(config, task.input_shape, total_steps, mesh,
-                                     loss_fn=task.loss_fn, mining_scope=task.mining_scope)
+                                     loss_fn=task.loss_fn, mining_scope=task.mining_scope,
+                                     single_device_loss_fn=task.single_device_loss_fn)
   meta = _restore(trainer, checkpoints, mesh)
   step = meta["step"] if meta else 0
   train_seconds = meta.get("train_seconds", 0.0) if meta else 0.0
@@ -178,11 +179,13 @@ def _train(config, workdir, changes, checkpoints, stop_signals, mesh, task) -> d
       if done_in_epoch and meta:
         train_step.set_rng_counts(trainer.model, meta["rng_counts"])
       epoch_start = time.time()
-      for images, labels in task.batches(epoch, done_in_epoch):
+      rows = parallel.process_rows(task.global_batch_size)
+      for images, labels in task.batches(epoch, done_in_epoch, rows):
         if (signal_number := stop_signals.requested()) is not None:
           _stop_on_signal(signal_number, step, epoch, steps_per_epoch, save, check_finite,
                           checkpoints, progress)
-        images, labels = parallel.shard_batch(mesh, images, labels)
+        images, labels = parallel.shard_process_rows(mesh, task.global_batch_size, images,
+                                                     labels)
         metrics = trainer.train_step(trainer.model, trainer.optimizer, images, labels)
         step += 1
         pending_flags.append(metrics["nonfinite"])
@@ -208,9 +211,9 @@ def _train(config, workdir, changes, checkpoints, stop_signals, mesh, task) -> d
         metrics, evaluated = task.evaluate(trainer, mesh, final=last_epoch)
         eval_log.write(step, {"epoch": epoch + 1, "epoch_seconds": epoch_seconds,
                               "train_seconds": train_seconds, **metrics})
-        progress.write(f"epoch {epoch + 1}: {task.eval_line(metrics)}  ({epoch_seconds:.0f} s, "
-                       f"{train_seconds:.0f} s of training so far)")
         if is_main:
+          progress.write(f"epoch {epoch + 1}: {task.eval_line(metrics)}  "
+                         f"({epoch_seconds:.0f} s, {train_seconds:.0f} s of training so far)")
           task.after_evaluation(workdir, epoch + 1, evaluated)
       if (epoch + 1) % config.checkpoint_every_epochs == 0 or last_epoch:
         save(step, epoch + 1)

@@ -51,6 +51,7 @@ def config_with(key: str, value):
     ("optimizer.name", "lamb", "one of 'adam', 'adamw', 'rmsprop', 'sgd'"),
     ("optimizer.schedule", "linear", "one of 'constant', 'cosine', 'warmup_cosine'"),
     ("batch.sampler", "random", "one of 'balanced', 'shuffled'"),
+    ("train_step", "virtual", "one of 'auto', 'direct', 'recompute', 'split'"),
     ("data.augment", "rotate", "one of 'flip'"),
     ("data.name", "imagenet", "one of digits, fashion_mnist, mnist, folder:<path>, tfds:<name>"),
     ("data.name", "tfds:", "one of digits, fashion_mnist, mnist, folder:<path>, tfds:<name>"),
@@ -76,6 +77,29 @@ def test_every_loss_takes_every_mining_scope(name):
     config = config_with("loss.mining_scope", scope)
     config.loss.name = name
     checks.check_config(config)
+
+
+def test_numpy_miner_in_the_direct_step_on_several_cpu_devices_is_an_error():
+  # A host callback in a sharded program would deadlock XLA:CPU; "auto" (or "split") mines in
+  # NumPy between two programs instead.
+  config = config_with("loss.mining_backend", "numpy")
+  config.train_step = "direct"
+  with pytest.raises(errors.ConfigError, match=r"^config\.loss\.mining_backend='numpy': the "
+                     r"direct train step over 2 CPU devices cannot call the NumPy miner"):
+    checks.check_config(config, num_devices=2)
+  checks.check_config(config, num_devices=1)
+  config.train_step = "auto"
+  checks.check_config(config, num_devices=2)
+
+
+@pytest.mark.parametrize("step", ["split", "recompute"])
+def test_a_split_step_cannot_mine_each_device_alone(step):
+  config = config_with("loss.mining_scope", "local")
+  config.train_step = step
+  with pytest.raises(errors.ConfigError, match=rf"^config\.train_step='{step}': .*'local'"):
+    checks.check_config(config, num_devices=2)
+  config.train_step = "auto"  # Then the direct step, which mines each device's rows alone.
+  checks.check_config(config, num_devices=2)
 
 
 def test_misspelt_name_gets_a_did_you_mean_hint():

@@ -73,3 +73,22 @@ def test_same_seed_epoch_step_same_result_and_different_steps_differ():
 def test_unknown_augmentation_is_named():
   with pytest.raises(ValueError, match="rotate"):
     augmentations.augment(_images(), "rotate", seed=0, epoch=0, step=0)
+
+
+@pytest.mark.parametrize("kind", ["flip", "shift", "flip_shift"])
+def test_a_process_augments_its_rows_as_the_whole_batch_would(kind):
+  # A process of several augments only its rows of the global batch: they must come out as
+  # those rows of the whole batch augmented at once, whichever block of rows it holds.
+  images = _images()
+  whole = augmentations.augment(images, kind, seed=3, epoch=1, step=2)
+  assert not np.array_equal(whole, images)
+  for rows in (slice(0, 16), slice(16, 32), slice(48, 64)):
+    part = augmentations.augment(images[rows], kind, seed=3, epoch=1, step=2, rows=rows,
+                                 batch_size=64)
+    np.testing.assert_array_equal(part, whole[rows], err_msg=str(rows))
+
+
+def test_rows_that_are_not_the_images_given_are_an_error():
+  with pytest.raises(ValueError, match="not the 16 images given"):
+    augmentations.augment(_images(16), "flip", seed=0, epoch=0, step=0, rows=slice(0, 32),
+                          batch_size=64)

@@ -15,6 +15,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_epochs = 1
   config.checkpoint_every_epochs = 1
   config.quiet = False  # True hides the progress bar.
+  # How a train step computes its gradient (tripletjax/app/virtual_batch.py):
+  #   "direct": forward pass, loss and backward pass in one compiled program;
+  #   "split": the step split at the embeddings, the loss computed between two programs (on a
+  #     CPU its sorting miners then run in NumPy, whatever the number of devices);
+  #   "recompute": split, keeping no activations: each chunk's forward pass is re-run in the
+  #     backward program (cached gradients), so memory holds one chunk of
+  #     batch_size / (devices x model.forward_chunks) rows: batches larger than memory;
+  #   "auto": "split" on a CPU with several devices for a loss that sorts rows, else "direct"
+  #     (train_step.resolve_train_step).
+  # All compute the same gradient, so a run may resume with another value.
+  config.train_step = "auto"
 
   config.data = ml_collections.ConfigDict()
   # Labelled images: digits | fashion_mnist | mnist | tfds:<name> | folder:<path> (image files

@@ -51,26 +51,32 @@ class InputPipeline:
 
   # --- training -----------------------------------------------------------------------------
 
-  def train_batches(self, split, sampler, epoch: int,
-                    first_step: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yields (images float32 [B, H, W, C], labels int32 [B]) of steps first_step.. of `epoch`.
+  def train_batches(self, split, sampler, epoch: int, first_step: int = 0,
+                    rows: slice | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yields (images float32 [N, H, W, C], labels int32 [N]) of steps first_step.. of `epoch`.
 
     Args:
       split: the training `datasets.Split`.
       sampler: a `samplers` sampler over `split.labels`.
       epoch: the epoch (seeds the sampler and the augmentations).
       first_step: the step within the epoch to start at (a resumed run's position).
+      rows: only these rows of each global batch of B (a process's rows,
+        `parallel.process_rows`), read and augmented exactly as in the whole batch; default
+        all of them (N = B).
     """
     steps = itertools.islice(enumerate(sampler.epoch(epoch)), first_step, None)
     if not images_lib.is_lazy(split.images):
       for step, indices in steps:
+        part = indices if rows is None else indices[rows]
         if self.augment not in augmentations.AUGMENTATIONS:
           raise errors.ConfigError(
               f"config.data.augment={self.augment!r} is for image files (folder datasets); "
               f"in-memory images take {', '.join(sorted(augmentations.AUGMENTATIONS))}.")
-        batch = augmentations.augment(split.images[indices], self.augment, seed=self.seed,
-                                      epoch=epoch, step=step, max_shift=self.max_shift)
-        yield batch, split.labels[indices]
+        batch = augmentations.augment(
+            split.images[part], self.augment, seed=self.seed, epoch=epoch, step=step,
+            max_shift=self.max_shift, rows=rows,
+            batch_size=None if rows is None else len(indices))
+        yield batch, split.labels[part]
       return
     files = split.images
     if self._file_transform is None:
@@ -80,10 +86,13 @@ class InputPipeline:
     transform = self._file_transform
 
     def job(step, indices):
-      keys = [(self.seed, epoch, step, position) for position in range(len(indices))]
+      # An image's random draw depends on its position in the global batch.
+      positions = range(len(indices)) if rows is None else range(len(indices))[rows]
+      part = indices if rows is None else indices[rows]
+      keys = [(self.seed, epoch, step, position) for position in positions]
       rngs = [images_lib.image_rng(*key) for key in keys] if transform.random else None
-      return _PendingTrainBatch(files, indices, transform, keys, files.submit(
-          indices, transform, rngs))
+      return _PendingTrainBatch(files, part, transform, keys, files.submit(
+          part, transform, rngs))
 
     jobs = (functools.partial(job, step, indices) for step, indices in steps)
     for batch, indices in images_lib.ImageDecoder.prefetch(jobs, self.prefetch):
