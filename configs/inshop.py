@@ -22,30 +22,15 @@ Learning" (CVPR 2019), In-Shop table: recall@1/10/20/30/40/50 of 89.7 / 97.9 / 9
 upper reference for a plain triplet loss.
 """
 
-from tripletjax.app.config import defaults
+from tripletjax.app.config import recipes
 
 
 def get_config():
-  config = defaults.get_config()
-  config.data.name = "folder:data/InShop"
-  config.data.validation_fraction = 0.25
-  config.data.image_size = 224
-  config.data.eval_resize = 256
-  config.data.augment = "crop_flip"
-  config.model.name = "resnet50"
+  config = recipes.metric_learning_reality_check("folder:data/InShop")
   config.model.embedding_dim = 512
-  # --config.model.weights=FILE: the ImageNet-pretrained backbone (README, "Pretrained
-  # backbones"); its preprocessing (the ImageNet mean and std) comes with it.
-  config.loss.name = "batch_all"
   config.loss.margin = 0.1
-  config.batch.sampler = "balanced"
   config.batch.classes_per_batch = 16
   config.batch.samples_per_class = 2
-  config.batch.batch_size = 32
-  config.optimizer.name = "rmsprop"
-  config.optimizer.learning_rate = 1e-6
-  config.optimizer.weight_decay = 5e-5
-  config.optimizer.momentum = 0.9
   config.num_epochs = 50
   config.eval_every_epochs = 5
   config.checkpoint_every_epochs = 1

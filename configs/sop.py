@@ -23,30 +23,14 @@ Compare with the paper's Table 3, row "Triplet", SOP columns (precision@1 / R-pr
 MAP@R, "separated 128-dim" for one model like this config's).
 """
 
-from tripletjax.app.config import defaults
+from tripletjax.app.config import recipes
 
 
 def get_config():
-  config = defaults.get_config()
-  config.data.name = "folder:data/Stanford_Online_Products"
-  config.data.validation_fraction = 0.25
-  config.data.image_size = 224
-  config.data.eval_resize = 256
-  config.data.augment = "crop_flip"
-  config.model.name = "resnet50"
-  config.model.embedding_dim = 128
-  # --config.model.weights=FILE: the ImageNet-pretrained backbone (README, "Pretrained
-  # backbones"); its preprocessing (the ImageNet mean and std) comes with it.
-  config.loss.name = "batch_all"
+  config = recipes.metric_learning_reality_check("folder:data/Stanford_Online_Products")
   config.loss.margin = 0.0451
-  config.batch.sampler = "balanced"
   config.batch.classes_per_batch = 16
   config.batch.samples_per_class = 2
-  config.batch.batch_size = 32
-  config.optimizer.name = "rmsprop"
-  config.optimizer.learning_rate = 1e-6
-  config.optimizer.weight_decay = 5e-5
-  config.optimizer.momentum = 0.9
   config.num_epochs = 50
   config.eval_every_epochs = 5
   config.checkpoint_every_epochs = 1

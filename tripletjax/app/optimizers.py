@@ -1,11 +1,15 @@
-"""Optax optimizers and learning-rate schedules by name (`config.optimizer`)."""
+"""Optax optimizers and learning-rate schedules by name (`config.optimizer`), and the update
+that leaves the state as it was when a step is not finite."""
 
 from __future__ import annotations
 
 from typing import Callable
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
+from flax import nnx
 
 # name -> schedule(optimizer config, total steps).
 SCHEDULES: dict[str, Callable[[ml_collections.ConfigDict, int], optax.Schedule]] = {
@@ -54,3 +58,29 @@ def make_optimizer(optimizer_config: ml_collections.ConfigDict, total_steps: int
   if opt.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
   return tx, schedule
+
+
+def state_before_update(model: nnx.Module, optimizer: nnx.Optimizer):
+  """A copy of what `update_if_finite` may put back: parameters, BatchNorm statistics and
+  optimizer state (not the RNG streams). Take it before the forward pass, which updates the
+  BatchNorm statistics."""
+  return jax.tree.map(jnp.asarray, nnx.state((model, optimizer), nnx.Not(nnx.RngState)))
+
+
+def update_if_finite(model: nnx.Module, optimizer: nnx.Optimizer, gradient, loss: jax.Array,
+                     before) -> jax.Array:
+  """One optimizer update of `model` by `gradient`, unless `loss` or `gradient` is not
+  finite: then the parameters, the optimizer state and the BatchNorm statistics are put back
+  to `before` (`state_before_update`) and the dropout streams still advance. The training
+  loop stops on such a step or skips it (`config.optimizer.skip_nonfinite`).
+
+  Returns:
+    A scalar bool: whether the step was finite (and applied).
+  """
+  optimizer.update(model, gradient)
+  finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
+      [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(gradient)]))
+  after = nnx.state((model, optimizer), nnx.Not(nnx.RngState))
+  nnx.update((model, optimizer),
+             jax.tree.map(lambda new, old: jnp.where(finite, new, old), after, before))
+  return finite

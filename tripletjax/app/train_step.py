@@ -161,8 +161,7 @@ def build_trainer(config, input_shape, total_steps, mesh, loss_fn: Callable | No
 
   @nnx.jit
   def direct_train_step(model, optimizer, images, labels):
-    # A copy of the values (nnx.state's Variables would follow the update).
-    before = jax.tree.map(jnp.asarray, nnx.state((model, optimizer), nnx.Not(nnx.RngState)))
+    before = optimizers.state_before_update(model, optimizer)
 
     def objective(model):
       output = parallel.apply_in_chunks(model, images, num_chunks)
@@ -170,15 +169,10 @@ def build_trainer(config, input_shape, total_steps, mesh, loss_fn: Callable | No
       return loss, (stats, output.norms, embedding_spread(output.embeddings))
     (loss, (stats, norms, spread)), grads = nnx.value_and_grad(
         objective, argnums=nnx.DiffState(0, trainable), has_aux=True)(model)
-    optimizer.update(model, grads)
-    learning_rate = schedule(optimizer.step.value - 1)
     # A step with a non-finite loss or gradient leaves the state (BatchNorm statistics
     # included) as it was; the loop stops on it, or skips it with optimizer.skip_nonfinite.
-    finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
-        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-    after = nnx.state((model, optimizer), nnx.Not(nnx.RngState))
-    nnx.update((model, optimizer),
-               jax.tree.map(lambda new, old: jnp.where(finite, new, old), after, before))
+    learning_rate = schedule(optimizer.step.value)  # This step's.
+    finite = optimizers.update_if_finite(model, optimizer, grads, loss, before)
     metrics = {"loss": loss, "embedding_norm": jnp.mean(norms), "embedding_spread": spread,
                "learning_rate": learning_rate,
                "nonfinite": jnp.logical_not(finite).astype(jnp.int32), **stats}

@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from tripletjax.app import optimizers
 from tripletjax.app import parallel
 
 # The ways to split a step at the embeddings (see the module docstring).
@@ -143,15 +144,10 @@ def _update(model, optimizer, gradient, new_rest, loss, norms, *, schedule, repl
   the loss or the gradient is not finite: then the parameters, the optimizer state and the
   BatchNorm statistics stay as they were (the dropout counts advance), as in the direct step.
   """
-  before = jax.tree.map(jnp.asarray, nnx.state((model, optimizer), nnx.Not(nnx.RngState)))
+  before = optimizers.state_before_update(model, optimizer)
   nnx.update(model, new_rest)
-  optimizer.update(model, gradient)
-  learning_rate = schedule(optimizer.step.value - 1)
-  finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
-      [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(gradient)]))
-  after = nnx.state((model, optimizer), nnx.Not(nnx.RngState))
-  nnx.update((model, optimizer),
-             jax.tree.map(lambda new, old: jnp.where(finite, new, old), after, before))
+  learning_rate = schedule(optimizer.step.value)  # This step's.
+  finite = optimizers.update_if_finite(model, optimizer, gradient, loss, before)
   metrics = {"embedding_norm": jnp.mean(norms), "learning_rate": learning_rate,
              "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}
   return jax.lax.with_sharding_constraint(metrics, replicated)
