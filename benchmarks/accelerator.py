@@ -79,15 +79,11 @@ def emit(item: dict) -> None:
 
 
 def _median_ms(call, repeats: int) -> tuple[float, list[float]]:
-  import numpy as np
+  """Median milliseconds of `repeats` calls after one untimed call, and all of them."""
+  from benchmarks import scaling
 
-  call()
-  seconds = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    call()
-    seconds.append(time.perf_counter() - start)
-  return 1e3 * float(np.median(seconds)), [1e3 * s for s in seconds]
+  median, seconds = scaling.time_calls(call, repeats)
+  return 1e3 * median, [1e3 * s for s in seconds]
 
 
 def part_environment(settings: dict) -> None:

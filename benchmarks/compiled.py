@@ -9,7 +9,8 @@ For the scaling and accelerator benchmarks and the tests of sharded programs:
     temporaries), in MB.
   * `sort_kernels`: how the program sorts: XLA's own `sort` instructions (with their operand
     counts) and custom calls to CUB's radix sort, which XLA:GPU substitutes for a sort of one
-    or two operands that compares one key (see REFERENCE.md, "Sorting on GPU").
+    or two operands that compares one key (XLA's GPU sort rewriter); a three-operand sort
+    never goes there.
 """
 
 from __future__ import annotations

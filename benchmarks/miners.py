@@ -55,6 +55,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import compiled as compiled_lib  # noqa: E402
 from benchmarks import numpy_vectorized  # noqa: E402
 from tripletjax import losses  # noqa: E402
 from tripletjax import mining  # noqa: E402
@@ -120,26 +121,6 @@ def time_calls(call, min_time_s: float, min_repeats: int = 3, max_repeats: int =
     call()
     seconds.append(time.perf_counter() - start)
   return float(np.median(seconds)), seconds
-
-
-def xla_memory_mb(compiled) -> dict | None:
-  """XLA's own memory estimate of a compiled function, in MB (None where unsupported)."""
-  try:
-    analysis = compiled.memory_analysis()
-  except Exception:  # Not every backend implements it.
-    return None
-  if analysis is None:
-    return None
-  sizes = {
-      "argument_mb": analysis.argument_size_in_bytes,
-      "output_mb": analysis.output_size_in_bytes,
-      "temp_mb": analysis.temp_size_in_bytes,
-      "alias_mb": getattr(analysis, "alias_size_in_bytes", 0),
-  }
-  sizes = {name: value / 2**20 for name, value in sizes.items()}
-  sizes["total_mb"] = (sizes["argument_mb"] + sizes["output_mb"] + sizes["temp_mb"]
-                       - sizes["alias_mb"])
-  return sizes
 
 
 def _loss_and_grad(output):
@@ -233,7 +214,7 @@ def run_case(loss_name: str, mode: str, batch_size: int, dim: int, args) -> dict
   compiled = jax_function(loss_name, mode, args.mining_backend).lower(
       labels, embeddings).compile()
   case["jax_compile_s"] = time.perf_counter() - start
-  case["xla_memory"] = xla_memory_mb(compiled)
+  case["xla_memory"] = compiled_lib.memory_mb(compiled)
   jax_output = jax.block_until_ready(compiled(labels, embeddings))
   median, seconds = time_calls(
       lambda: jax.block_until_ready(compiled(labels, embeddings)), args.min_time)

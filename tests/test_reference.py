@@ -1,7 +1,8 @@
 """Tests of the NumPy reference itself, on tiny batches whose answers are worked out by hand.
 
 The reference is the ground truth for the JAX losses, so it is checked against numbers derived
-from REFERENCE.md section 1 on paper, not against another implementation. Most batches are 1-D
+on paper from the published definitions it follows (`tripletjax/reference.py`), not against
+another implementation. Most batches are 1-D
 points on a line, where every distance is a plain difference.
 """
 

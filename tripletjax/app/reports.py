@@ -38,13 +38,7 @@ def write_exports(workdir, config, dataset, test_embeddings, final_metrics,
       images=_sprite_images(dataset.test.images, limit), class_names=dataset.class_names)
   # Curves of this run and of its siblings (same parent directory): a semi-hard run and a
   # batch-hard run side by side is one override and one report away.
-  runs = {}
-  parent = os.path.dirname(os.path.abspath(workdir))
-  for name in sorted(os.listdir(parent)):
-    path = os.path.join(parent, name, "metrics.jsonl")
-    if _same_dataset(os.path.join(parent, name), config.data.name) and os.path.exists(path):
-      if records := metric_logging.read_metrics_jsonl(path):
-        runs[name] = records
+  runs = sibling_runs(workdir, config.data.name)
   plots = os.path.abspath(os.path.join(workdir, "plots"))
   figures = [os.path.join(plots, "training_curves.png"), os.path.join(plots, "eval_history.png")]
   exports.plot_training_curves(runs, figures[0])
@@ -55,6 +49,19 @@ def write_exports(workdir, config, dataset, test_embeddings, final_metrics,
     figures += [os.path.join(plots, f) for f in latest]
   exports.write_report(workdir, config_text=str(config), eval_metrics=_report_table(final_metrics),
                        figures=figures, runs=list(runs), notes=notes)
+
+
+def sibling_runs(workdir: str, data_name: str) -> dict[str, list[dict]]:
+  """The training records (metrics.jsonl) of this run and of the runs beside it (the same
+  parent directory) on the same dataset, by run name: their curves go in one plot."""
+  runs = {}
+  parent = os.path.dirname(os.path.abspath(workdir))
+  for name in sorted(os.listdir(parent)):
+    path = os.path.join(parent, name, "metrics.jsonl")
+    if _same_dataset(os.path.join(parent, name), data_name) and os.path.exists(path):
+      if records := metric_logging.read_metrics_jsonl(path):
+        runs[name] = records
+  return runs
 
 
 def _report_table(final_metrics: dict) -> dict:
@@ -75,13 +82,7 @@ PAIR_EVAL_CURVES = (("triplet_accuracy", "triplet accuracy"),
 def write_pair_exports(workdir, config, final_metrics, figures, notes: str = "") -> None:
   """Training curves, evaluation history and the report of a pair run; `figures` (e.g. the
   retrieval picture) come first in the report, `notes` under its title."""
-  runs = {}
-  parent = os.path.dirname(os.path.abspath(workdir))
-  for name in sorted(os.listdir(parent)):
-    path = os.path.join(parent, name, "metrics.jsonl")
-    if _same_dataset(os.path.join(parent, name), config.data.name) and os.path.exists(path):
-      if records := metric_logging.read_metrics_jsonl(path):
-        runs[name] = records
+  runs = sibling_runs(workdir, config.data.name)
   plots = os.path.abspath(os.path.join(workdir, "plots"))
   curves = [os.path.join(plots, "training_curves.png"), os.path.join(plots, "eval_history.png")]
   exports.plot_training_curves(runs, curves[0])
