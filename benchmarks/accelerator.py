@@ -80,9 +80,9 @@ def emit(item: dict) -> None:
 
 def _median_ms(call, repeats: int) -> tuple[float, list[float]]:
   """Median milliseconds of `repeats` calls after one untimed call, and all of them."""
-  from benchmarks import scaling
+  from benchmarks import timing
 
-  median, seconds = scaling.time_calls(call, repeats)
+  median, seconds = timing.time_calls(call, repeats)
   return 1e3 * median, [1e3 * s for s in seconds]
 
 

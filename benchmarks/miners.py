@@ -40,7 +40,6 @@ import argparse
 import datetime
 import functools
 import json
-import math
 import os
 import platform
 import subprocess
@@ -57,6 +56,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks import compiled as compiled_lib  # noqa: E402
 from benchmarks import numpy_vectorized  # noqa: E402
+from benchmarks import timing  # noqa: E402
 from tripletjax import losses  # noqa: E402
 from tripletjax import mining  # noqa: E402
 from tripletjax import reference  # noqa: E402
@@ -104,23 +104,6 @@ def numpy_function(loss_name: str, mode: str):
            else numpy_vectorized.FORWARD_AND_BACKWARD)
   loss_fn = table[loss_name]
   return lambda labels, embeddings: loss_fn(labels, embeddings, MARGIN)
-
-
-def time_calls(call, min_time_s: float, min_repeats: int = 3, max_repeats: int = 20):
-  """Times `call()` repeatedly: as many calls as fit in `min_time_s` within the repeat limits.
-
-  The first (warm-up) call is timed but not counted. Returns (median seconds, all seconds).
-  """
-  start = time.perf_counter()
-  call()
-  first = time.perf_counter() - start
-  repeats = int(min(max_repeats, max(min_repeats, math.ceil(min_time_s / max(first, 1e-6)))))
-  seconds = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    call()
-    seconds.append(time.perf_counter() - start)
-  return float(np.median(seconds)), seconds
 
 
 def _loss_and_grad(output):
@@ -216,14 +199,14 @@ def run_case(loss_name: str, mode: str, batch_size: int, dim: int, args) -> dict
   case["jax_compile_s"] = time.perf_counter() - start
   case["xla_memory"] = compiled_lib.memory_mb(compiled)
   jax_output = jax.block_until_ready(compiled(labels, embeddings))
-  median, seconds = time_calls(
+  median, seconds = timing.time_calls_for(
       lambda: jax.block_until_ready(compiled(labels, embeddings)), args.min_time)
   case["jax_ms"], case["jax_runs_ms"] = 1e3 * median, [1e3 * s for s in seconds]
 
   # Vectorised NumPy.
   numpy_fn = numpy_function(loss_name, mode)
   numpy_output = numpy_fn(labels_np, embeddings_np)
-  median, seconds = time_calls(lambda: numpy_fn(labels_np, embeddings_np), args.min_time)
+  median, seconds = timing.time_calls_for(lambda: numpy_fn(labels_np, embeddings_np), args.min_time)
   case["numpy_ms"], case["numpy_runs_ms"] = 1e3 * median, [1e3 * s for s in seconds]
 
   # Agreement of the two implementations on this batch.

@@ -39,6 +39,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import timing
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "scaling.json"
 SCOPES = ("global", "replicated", "local")
@@ -47,19 +49,6 @@ SCOPES = ("global", "replicated", "local")
 MODEL_OPTIONS = {"hsu_cnn": {"batch_norm": True, "dropout_rate": 0.0},
                  "tfa_cnn": {"dropout_rate": 0.0}}
 DASH = "—"
-
-
-def time_calls(call, repeats: int) -> tuple[float, list[float]]:
-  """Median seconds of `repeats` calls of `call()` after one untimed call, and all times."""
-  import numpy as np
-
-  call()
-  seconds = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    call()
-    seconds.append(time.perf_counter() - start)
-  return float(np.median(seconds)), seconds
 
 
 def loss_case(mesh, scope: str, args) -> dict:
@@ -90,8 +79,8 @@ def loss_case(mesh, scope: str, args) -> dict:
       text, args.batch_size * args.batch_size)
   value, _ = jax.block_until_ready(compiled(embeddings, labels))
   case["loss"] = float(value)
-  median, seconds = time_calls(lambda: jax.block_until_ready(compiled(embeddings, labels)),
-                               args.repeats)
+  median, seconds = timing.time_calls(
+      lambda: jax.block_until_ready(compiled(embeddings, labels)), args.repeats)
   case["ms"], case["runs_ms"] = 1e3 * median, [1e3 * s for s in seconds]
   return case
 
@@ -118,7 +107,7 @@ def train_case(mesh, scope: str, args) -> dict:
           "memory": compiled_lib.memory_mb(compiled)}
   step = lambda: jax.block_until_ready(
       trainer.step(trainer.model, trainer.optimizer, images, labels))
-  median, seconds = time_calls(step, args.repeats)
+  median, seconds = timing.time_calls(step, args.repeats)
   case["ms"], case["runs_ms"] = 1e3 * median, [1e3 * s for s in seconds]
   case["images_per_s"] = args.train_batch_size / median
   return case

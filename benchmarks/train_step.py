@@ -34,8 +34,8 @@ Usage:
 The batch is embedded in chunks of `--chunk-rows` rows (default 64: `config.model.forward_chunks`
 = batch / 64, the Fashion-MNIST config's 4 chunks at 256), so every batch size runs chunks of
 the size the config runs, and 1 and 2 devices compute the same function (BatchNorm statistics
-per chunk); `--set key=value` overrides any other config key. Prints a markdown table and writes the results to --out (default
-benchmarks/results/train_step.json).
+per chunk); `--set key=value` overrides any other config key. Prints a markdown table and
+writes the results to --out (default benchmarks/results/train_step.json).
 """
 
 from __future__ import annotations

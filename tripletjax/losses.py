@@ -127,6 +127,16 @@ def _finish(loss, dtype, stats, return_stats, finite):
                 else value for name, value in stats.items()}
 
 
+def _sorting_miner_totals(miner, batch: _Batch, metric: str, mining_backend: str):
+  """The sums of a sorting miner (`mining.semihard_sums`, `mining.batch_all_sums`) over every
+  anchor of the batch: `mining_backend` resolved for rows of B columns, the anchors mined in
+  blocks (this device's anchors under `axis_name`), the devices' sums added."""
+  mining_backend = mining.resolve_backend(mining_backend, num_columns=batch.labels.shape[0])
+  sums = mining.sum_over_anchor_blocks(miner, batch.labels, batch.embeddings, batch.margin,
+                                       metric, mining_backend, batch.shard)
+  return shards.total(sums, batch.axis_name)
+
+
 def _mean_over_anchors(values: jax.Array, batch: _Batch) -> jax.Array:
   """The mean of per-anchor `values` over all B anchors of the batch (of every device)."""
   if batch.axis_name is None:
@@ -164,11 +174,7 @@ def triplet_semihard_loss(labels, embeddings, margin=1.0, metric: str = "l2",
     negative), `mean_positive_distance`, `mean_negative_distance`.
   """
   batch = _prepare(labels, embeddings, margin, metric, axis_name)
-  mining_backend = mining.resolve_backend(mining_backend, num_columns=batch.labels.shape[0])
-  sums = mining.sum_over_anchor_blocks(mining.semihard_sums, batch.labels, batch.embeddings,
-                                       batch.margin, metric, mining_backend,
-                                       batch.shard)
-  sums = shards.total(sums, batch.axis_name)
+  sums = _sorting_miner_totals(mining.semihard_sums, batch, metric, mining_backend)
   num_pairs = sums.num_positive_pairs
   loss = _safe_mean(sums.hinge_sum, num_pairs)
   stats = None
@@ -234,11 +240,7 @@ def batch_all_triplet_loss(labels, embeddings, margin=1.0, metric: str = "l2",
     `num_active_triplets`, `fraction_active` (active / valid).
   """
   batch = _prepare(labels, embeddings, margin, metric, axis_name)
-  mining_backend = mining.resolve_backend(mining_backend, num_columns=batch.labels.shape[0])
-  sums = mining.sum_over_anchor_blocks(mining.batch_all_sums, batch.labels, batch.embeddings,
-                                       batch.margin, metric, mining_backend,
-                                       batch.shard)
-  sums = shards.total(sums, batch.axis_name)
+  sums = _sorting_miner_totals(mining.batch_all_sums, batch, metric, mining_backend)
   num_active, num_valid = sums.num_active, sums.num_valid
   loss = _safe_mean(sums.hinge_sum, num_active)
   stats = None
@@ -295,8 +297,7 @@ def contrastive_loss(labels, embeddings, margin=1.0, metric: str = "l2",
       lambda distances, anchor_index: _contrastive_sums(distances, anchor_index, batch.labels,
                                                         batch.margin),
       batch.embeddings, metric, recompute_block=True, shard=batch.shard)
-  sums = shards.total(jax.tree.map(lambda x: jnp.sum(x, axis=0), per_block),
-                             batch.axis_name)
+  sums = shards.total(jax.tree.map(lambda x: jnp.sum(x, axis=0), per_block), batch.axis_name)
   loss = _safe_mean(sums.term_sum, sums.num_pairs)
   stats = None
   if return_stats:
