@@ -4,9 +4,10 @@ A batch goes from the task (`tasks`: labelled images through `data.datasets`, `d
 and `data.augmentations`, or triplets of image files through `data.pairs` and `data.images`;
 deterministic given seed, epoch and step; each process reads and augments only the rows its
 devices hold) -> `parallel.shard_process_rows` (each process puts its rows on its devices) ->
-`train_step` (forward, the task's loss over the global batch, Optax update). Around the steps: metrics (`metric_logging`), the mining-health monitor (`monitor`),
-evaluation (`evaluation`), checkpoints (`checkpointing`, resumed at the exact step), stop
-signals (`preemption`) and, at the end, the exports (`reports`).
+`train_step` (forward, the task's loss over the global batch, Optax update). Around the
+steps: metrics (`metric_logging`), the mining-health monitor (`monitor`), evaluation
+(`evaluation`), checkpoints (`checkpointing`, resumed at the exact step), stop signals
+(`preemption`) and, at the end, the exports (`reports`).
 """
 
 from __future__ import annotations
@@ -170,6 +171,7 @@ def _train(config, workdir, changes, checkpoints, stop_signals, mesh, task) -> d
                   disable=not is_main or config.quiet, dynamic_ncols=True)
   trainer.model.train()
   evaluated = None  # What the last evaluation returned for the exports.
+  rows = parallel.process_rows(task.global_batch_size)  # This process's rows of each batch.
   try:
     for epoch in range(step // steps_per_epoch, config.num_epochs):
       # Dropout masks depend only on (seed, epoch, step in epoch): a resumed run repeats them.
@@ -179,7 +181,6 @@ def _train(config, workdir, changes, checkpoints, stop_signals, mesh, task) -> d
       if done_in_epoch and meta:
         train_step.set_rng_counts(trainer.model, meta["rng_counts"])
       epoch_start = time.time()
-      rows = parallel.process_rows(task.global_batch_size)
       for images, labels in task.batches(epoch, done_in_epoch, rows):
         if (signal_number := stop_signals.requested()) is not None:
           _stop_on_signal(signal_number, step, epoch, steps_per_epoch, save, check_finite,

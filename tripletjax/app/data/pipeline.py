@@ -65,18 +65,17 @@ class InputPipeline:
         all of them (N = B).
     """
     steps = itertools.islice(enumerate(sampler.epoch(epoch)), first_step, None)
+    rows = slice(None) if rows is None else rows
     if not images_lib.is_lazy(split.images):
+      if self.augment not in augmentations.AUGMENTATIONS:
+        raise errors.ConfigError(
+            f"config.data.augment={self.augment!r} is for image files (folder datasets); "
+            f"in-memory images take {', '.join(sorted(augmentations.AUGMENTATIONS))}.")
       for step, indices in steps:
-        part = indices if rows is None else indices[rows]
-        if self.augment not in augmentations.AUGMENTATIONS:
-          raise errors.ConfigError(
-              f"config.data.augment={self.augment!r} is for image files (folder datasets); "
-              f"in-memory images take {', '.join(sorted(augmentations.AUGMENTATIONS))}.")
         batch = augmentations.augment(
-            split.images[part], self.augment, seed=self.seed, epoch=epoch, step=step,
-            max_shift=self.max_shift, rows=rows,
-            batch_size=None if rows is None else len(indices))
-        yield batch, split.labels[part]
+            split.images[indices[rows]], self.augment, seed=self.seed, epoch=epoch, step=step,
+            max_shift=self.max_shift, rows=rows, batch_size=len(indices))
+        yield batch, split.labels[indices[rows]]
       return
     files = split.images
     if self._file_transform is None:
@@ -87,9 +86,8 @@ class InputPipeline:
 
     def job(step, indices):
       # An image's random draw depends on its position in the global batch.
-      positions = range(len(indices)) if rows is None else range(len(indices))[rows]
-      part = indices if rows is None else indices[rows]
-      keys = [(self.seed, epoch, step, position) for position in positions]
+      part = indices[rows]
+      keys = [(self.seed, epoch, step, position) for position in range(len(indices))[rows]]
       rngs = [images_lib.image_rng(*key) for key in keys] if transform.random else None
       return _PendingTrainBatch(files, part, transform, keys, files.submit(
           part, transform, rngs))
