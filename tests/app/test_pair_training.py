@@ -13,14 +13,14 @@ import ml_collections
 import pytest
 
 from tripletjax.app import errors
-from tripletjax.app import preemption
 from tripletjax.app import tasks
-from tripletjax.app import train
 from tripletjax.app.config import checks
 from tripletjax.app.config import defaults
 from tripletjax.app.data import pair_demo
 from tripletjax.app.data import pairs
-from tests.app.test_train_resume import assert_same_run, count_train_steps, stop_after
+from tripletjax.app.loop import preemption
+from tripletjax.app.loop import train
+from tests.app.loop.test_train_resume import assert_same_run, count_train_steps, stop_after
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_PAIRS = 240

@@ -39,17 +39,17 @@ import numpy as np
 
 from tripletjax import losses
 from tripletjax.app import errors
-from tripletjax.app import evaluation
-from tripletjax.app import exports
-from tripletjax.app import pair_evaluation
-from tripletjax.app import reports
-from tripletjax.app import train_step
 from tripletjax.app.data import datasets
 from tripletjax.app.data import images as images_lib
 from tripletjax.app.data import pair_demo
 from tripletjax.app.data import pairs as pairs_lib
 from tripletjax.app.data import pipeline as pipeline_lib
 from tripletjax.app.data import samplers
+from tripletjax.app.evaluation import evaluate
+from tripletjax.app.evaluation import pair_evaluation
+from tripletjax.app.outputs import exports
+from tripletjax.app.outputs import reports
+from tripletjax.app.step import train_step
 
 PAIRS_PREFIX = "pairs:"
 PAIRS_DEMO_PREFIX = "pairs_demo:"
@@ -110,7 +110,7 @@ class LabelledTask:
       yield images, labels.astype(np.int32)
 
   def evaluate(self, trainer, mesh, final: bool) -> tuple[dict, np.ndarray]:
-    metrics, test_embeddings = evaluation.evaluate(
+    metrics, test_embeddings = evaluate.evaluate(
         trainer, mesh, self.dataset, self.pipeline, self.config.eval, seed=self.config.seed,
         with_train=final)
     unreadable = _unreadable_files(self.dataset)
@@ -293,7 +293,7 @@ class PairTask:
     del final
     num_validation = len(self.validation)
     # Chunks of a training batch's size: large images must fit in memory as they do there.
-    embeddings = evaluation.embed(trainer, mesh, self._validation_images(),
+    embeddings = evaluate.embed(trainer, mesh, self._validation_images(),
                                   batch_size=3 * self.config.batch.batch_size)
     # Image id -> row of `embeddings`: left images first, then right ones.
     row = {int(image): i for i, image in enumerate(np.concatenate(

@@ -23,21 +23,21 @@ from tripletjax import mining
 from tripletjax import sharded
 from tripletjax import validation
 from tripletjax.app import errors
-from tripletjax.app import faiss_index
 from tripletjax.app import models
-from tripletjax.app import optimizers
-from tripletjax.app import retrieval
 from tripletjax.app import tasks
-from tripletjax.app import train_step
-from tripletjax.app import virtual_batch
 from tripletjax.app.config import defaults
 from tripletjax.app.data import augmentations
 from tripletjax.app.data import datasets
 from tripletjax.app.data import images
 from tripletjax.app.data import samplers
 from tripletjax.app.data import splits
+from tripletjax.app.evaluation import faiss_index
+from tripletjax.app.evaluation import retrieval
 from tripletjax.app.models import resnet
 from tripletjax.app.models import weights
+from tripletjax.app.step import optimizers
+from tripletjax.app.step import train_step
+from tripletjax.app.step import virtual_batch
 
 # Seeds seed JAX keys (seed and seed + 1), which keep only their low 32 bits.
 SEED_LIMIT = 2**31

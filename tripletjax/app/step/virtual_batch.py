@@ -29,7 +29,7 @@ Both give the direct step's gradient, because the loss couples the examples only
 embeddings: d loss / d params = sum over chunks c of (d e_c / d params)^T (d loss / d e_c).
 
 Chunks, dropout and BatchNorm: every step embeds the batch in `config.model.forward_chunks`
-chunks, chunk c holding the c-th slice of every device's rows (`parallel.to_chunks`), the same
+chunks, chunk c holding the c-th slice of every device's rows (`mesh.to_chunks`), the same
 chunks as the direct step. Dropout masks are drawn per chunk from the model's dropout stream;
 the recomputation starts that stream from the same state, so each chunk gets the same masks in
 both passes. BatchNorm normalises each chunk by its own statistics ("ghost" batches, as the
@@ -54,8 +54,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tripletjax.app import optimizers
-from tripletjax.app import parallel
+from tripletjax.app.devices import mesh as mesh_lib
+from tripletjax.app.step import optimizers
 
 # The ways to split a step at the embeddings (see the module docstring).
 SPLIT_STEPS = ("split", "recompute")
@@ -88,7 +88,7 @@ def _embed_keeping_pullback(model, images, *, num_chunks, trainable):
 
   def embed(params):
     model = nnx.merge(graphdef, params, rest, copy=True)
-    output = parallel.apply_in_chunks(model, images, num_chunks)
+    output = mesh_lib.apply_in_chunks(model, images, num_chunks)
     return output.embeddings, (output.norms, nnx.state(model, nnx.Not(trainable)))
   embeddings, pullback, (norms, new_rest) = jax.vjp(embed, params, has_aux=True)
   return embeddings, norms, new_rest, pullback
@@ -99,8 +99,8 @@ def _embed_without_activations(model, images, *, num_chunks, trainable):
   are kept. The chunks run in a `lax.scan`: XLA frees each chunk's activations."""
   graphdef, params, rest = nnx.split(model, trainable, ...)
   (embeddings, norms), new_rest = _embed_chunks(
-      graphdef, params, rest, parallel.to_chunks(images, num_chunks), trainable)
-  return parallel.from_chunks(embeddings), parallel.from_chunks(norms), new_rest, None
+      graphdef, params, rest, mesh_lib.to_chunks(images, num_chunks), trainable)
+  return mesh_lib.from_chunks(embeddings), mesh_lib.from_chunks(norms), new_rest, None
 
 
 def _pull_back(pullback, cotangent, *, replicated):
@@ -132,10 +132,10 @@ def _add_chunk_gradient(model, total, rest, images, cotangent, chunk, *, num_chu
 
   def embed(params):
     chunk_model = nnx.merge(graphdef, params, rest, copy=True)
-    output = chunk_model(parallel.chunk_of(images, num_chunks, chunk))
+    output = chunk_model(mesh_lib.chunk_of(images, num_chunks, chunk))
     return output.embeddings, nnx.state(chunk_model, nnx.Not(trainable))
   _, pullback, rest = jax.vjp(embed, params, has_aux=True)
-  (gradient,) = pullback(parallel.chunk_of(cotangent, num_chunks, chunk))
+  (gradient,) = pullback(mesh_lib.chunk_of(cotangent, num_chunks, chunk))
   return jax.tree.map(jnp.add, total, gradient), rest
 
 
@@ -182,7 +182,7 @@ class SplitTrainStep:
       `train_step.make_loss_fn(config.loss, single_device=True)`), computed on the whole
       global batch between the two programs.
     schedule: the optimizer's learning-rate schedule (for the logged learning rate).
-    mesh: the mesh of `parallel.make_mesh`; the state is replicated over it.
+    mesh: the mesh of `mesh.make_mesh`; the state is replicated over it.
     num_chunks: K, the chunks each device's rows are embedded in (`config.model.forward_chunks`).
     trainable: the filter of the parameters the optimizer updates (`models.trainable_filter`;
       `nnx.Param` when nothing is frozen): the gradient is taken with respect to them.
@@ -195,7 +195,7 @@ class SplitTrainStep:
     self.mesh = mesh
     self.num_chunks = num_chunks
     self.recompute = recompute
-    replicated = parallel.replicated(mesh)
+    replicated = mesh_lib.replicated(mesh)
     self._loss_and_gradient = jax.jit(jax.value_and_grad(
         lambda embeddings, labels: loss_fn(labels, embeddings), has_aux=True))
     self._loss_device = jax.local_devices()[0]
@@ -222,11 +222,11 @@ class SplitTrainStep:
     Returns:
       `(loss, stats, cotangent [B, E])`: NumPy scalars and a sharded array.
     """
-    host_embeddings, host_labels = parallel.gather_to_host(embeddings, labels)
+    host_embeddings, host_labels = mesh_lib.gather_to_host(embeddings, labels)
     (loss, stats), cotangent = self._loss_and_gradient(
         jax.device_put(host_embeddings, self._loss_device),
         jax.device_put(host_labels, self._loss_device))
-    (cotangent,) = parallel.shard_batch(self.mesh, np.asarray(cotangent))
+    (cotangent,) = mesh_lib.shard_batch(self.mesh, np.asarray(cotangent))
     loss, stats = jax.device_get((loss, stats))
     return loss, stats, cotangent
 
@@ -249,7 +249,7 @@ class SplitTrainStep:
 
     Args:
       model: the embedding model, replicated over the mesh.
-      images: [B, H, W, C] and labels: [B], sharded over the mesh (`parallel.shard_batch`).
+      images: [B, H, W, C] and labels: [B], sharded over the mesh (`mesh.shard_batch`).
     """
     embeddings, norms, new_rest, pullback = self._embed(model, images)
     loss, stats, cotangent = self.loss_and_cotangent(embeddings, labels)

@@ -1,4 +1,4 @@
-"""The split train step and virtual batches (`tripletjax/app/virtual_batch.py`) against the
+"""The split train step and virtual batches (`tripletjax/app/step/virtual_batch.py`) against the
 direct step, on 8 CPU devices.
 
 The device count is fixed when JAX starts, so the 8-device computations run in one subprocess
@@ -18,8 +18,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tripletjax.app import train_step
 from tripletjax.app.config import defaults
+from tripletjax.app.step import train_step
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(TESTS))
@@ -83,15 +83,15 @@ def eight_device_results() -> dict[str, np.ndarray]:
   import jax
   from flax import nnx
 
-  from tripletjax.app import optimizers
-  from tripletjax.app import parallel
-  from tripletjax.app import virtual_batch
   from tripletjax.app.config import checks
   from tripletjax.app.data import datasets
   from tripletjax.app.data import samplers
+  from tripletjax.app.devices import mesh as mesh_lib
+  from tripletjax.app.step import optimizers
+  from tripletjax.app.step import virtual_batch
 
   dataset = datasets.load_dataset("digits", max_train=400, max_test=10, seed=0)
-  mesh = parallel.make_mesh()
+  mesh = mesh_lib.make_mesh()
   batches = [indices for _, indices in zip(range(2), samplers.ShuffledBatches(
       dataset.train.labels, BATCH, seed=0).epoch(0))]
 
@@ -99,7 +99,7 @@ def eight_device_results() -> dict[str, np.ndarray]:
     images = dataset.train.images[indices].copy()
     if poison:
       images[5, 3, 3, 0] = np.nan
-    return parallel.shard_batch(mesh, images, dataset.train.labels[indices].astype(np.int32))
+    return mesh_lib.shard_batch(mesh, images, dataset.train.labels[indices].astype(np.int32))
 
   results = {"devices": np.array(jax.device_count())}
   images, labels = sharded(batches[0])
@@ -120,13 +120,13 @@ def eight_device_results() -> dict[str, np.ndarray]:
       initial = train_step.build_trainer(config, dataset.train.images.shape[1:], 10, mesh).model
     reference_chunks = 1 if model_name == "plain" else CHUNKS
     loss_fn = train_step.make_loss_fn(config.loss)
-    replicated = parallel.replicated(mesh)
+    replicated = mesh_lib.replicated(mesh)
 
     @nnx.jit
     def direct_gradient(model, images, labels, chunks=reference_chunks, loss_fn=loss_fn,
                         replicated=replicated):
       def objective(model):
-        output = parallel.apply_in_chunks(model, images, chunks)
+        output = mesh_lib.apply_in_chunks(model, images, chunks)
         embeddings, all_labels = jax.lax.with_sharding_constraint(
             (output.embeddings, labels), replicated)
         return loss_fn(all_labels, embeddings)
@@ -314,12 +314,12 @@ def test_recompute_holds_one_chunk_of_activations_whatever_the_batch():
   import jax.numpy as jnp
   from flax import nnx
 
-  from tripletjax.app import optimizers
-  from tripletjax.app import parallel
-  from tripletjax.app import virtual_batch
+  from tripletjax.app.devices import mesh as mesh_lib
+  from tripletjax.app.step import optimizers
+  from tripletjax.app.step import virtual_batch
 
   assert jax.device_count() == 1
-  mesh = parallel.make_mesh()
+  mesh = mesh_lib.make_mesh()
   image_shape, rows = (28, 28, 1), 32
   plans = {}
   for batch in (64, 256):

@@ -1,6 +1,6 @@
 """The device mesh, a global batch sharded over it, and the model run on chunks of it.
 
-This process has one device; `tests/test_losses_sharded.py` and `tests/app/test_train_step.py`
+This process has one device; `tests/test_losses_sharded.py` and `tests/app/step/test_train_step.py`
 run on several (subprocesses).
 """
 
@@ -12,25 +12,25 @@ from jax.sharding import PartitionSpec as P
 
 from tests.app.runs import tiny_config
 from tripletjax.app import models
-from tripletjax.app import parallel
 from tripletjax.app.config import checks
+from tripletjax.app.devices import mesh as mesh_lib
 
 
 def test_mesh_spans_every_device_on_the_data_axis():
-  mesh = parallel.make_mesh()
-  assert mesh.axis_names == (parallel.DATA_AXIS,) == ("data",)
+  mesh = mesh_lib.make_mesh()
+  assert mesh.axis_names == (mesh_lib.DATA_AXIS,) == ("data",)
   assert list(mesh.devices.flat) == jax.devices()
-  replicated = parallel.replicated(mesh)
+  replicated = mesh_lib.replicated(mesh)
   assert replicated.spec == P() and replicated.mesh == mesh
   state = jax.device_put(np.arange(6.0), replicated)
   assert state.sharding.is_fully_replicated
 
 
 def test_shard_batch_places_the_global_batch():
-  mesh = parallel.make_mesh()
+  mesh = mesh_lib.make_mesh()
   images = np.arange(8 * 4, dtype=np.float32).reshape(8, 2, 2, 1)
   labels = np.arange(8, dtype=np.int32)
-  sharded_images, sharded_labels = parallel.shard_batch(mesh, images, labels)
+  sharded_images, sharded_labels = mesh_lib.shard_batch(mesh, images, labels)
   np.testing.assert_array_equal(np.asarray(sharded_images), images)
   np.testing.assert_array_equal(np.asarray(sharded_labels), labels)
   assert sharded_images.sharding.spec[0] == "data"
@@ -47,11 +47,11 @@ def test_shard_batch_places_the_global_batch():
 
 
 def test_shard_batch_needs_a_batch_divisible_by_the_device_count(monkeypatch):
-  mesh = parallel.make_mesh()
+  mesh = mesh_lib.make_mesh()
   monkeypatch.setattr(jax, "device_count", lambda: 3)
   with pytest.raises(ValueError, match=r"batch size 8 must be divisible by the number of "
                      r"devices \(3\)"):
-    parallel.shard_batch(mesh, np.zeros((8, 2), np.float32))
+    mesh_lib.shard_batch(mesh, np.zeros((8, 2), np.float32))
 
 
 def test_apply_in_chunks_matches_one_pass():
@@ -61,7 +61,7 @@ def test_apply_in_chunks_matches_one_pass():
   images = np.random.default_rng(0).random((24, 8, 8, 1), dtype=np.float32)
   whole = model(images)
   for num_chunks in (2, 3, 4):
-    chunked = parallel.apply_in_chunks(model, images, num_chunks)
+    chunked = mesh_lib.apply_in_chunks(model, images, num_chunks)
     np.testing.assert_allclose(np.asarray(chunked.embeddings), np.asarray(whole.embeddings),
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(chunked.norms), np.asarray(whole.norms), rtol=1e-5)
@@ -84,7 +84,7 @@ def test_each_chunk_takes_a_slice_of_every_device_rows(monkeypatch, num_devices,
     chunks.append(np.asarray(chunk).reshape(-1))
     return {"rows": chunk.reshape(-1), "twice": 2 * chunk}
 
-  outputs = parallel.apply_in_chunks(model, images, num_chunks)
+  outputs = mesh_lib.apply_in_chunks(model, images, num_chunks)
   assert len(chunks) == num_chunks
   for chunk, rows in enumerate(chunks):
     expected = [device * (batch // num_devices) + chunk * rows_per_slice + offset
@@ -97,5 +97,5 @@ def test_each_chunk_takes_a_slice_of_every_device_rows(monkeypatch, num_devices,
 def test_one_chunk_is_one_call():
   calls = []
   images = np.zeros((4, 2, 2, 1), np.float32)
-  assert parallel.apply_in_chunks(lambda x: calls.append(x) or "out", images, 1) == "out"
+  assert mesh_lib.apply_in_chunks(lambda x: calls.append(x) or "out", images, 1) == "out"
   assert len(calls) == 1 and calls[0] is images

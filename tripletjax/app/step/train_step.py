@@ -24,10 +24,10 @@ from tripletjax import losses
 from tripletjax import mining
 from tripletjax import sharded
 from tripletjax.app import models
-from tripletjax.app import optimizers
-from tripletjax.app import parallel
-from tripletjax.app import virtual_batch
+from tripletjax.app.devices import mesh as mesh_lib
 from tripletjax.app.models import weights
+from tripletjax.app.step import optimizers
+from tripletjax.app.step import virtual_batch
 
 # How a train step computes its gradient (`config.train_step`): "direct" in one program,
 # "split" / "recompute" in two programs with the loss between them (`virtual_batch`).
@@ -152,11 +152,11 @@ def build_trainer(config, input_shape, total_steps, mesh, loss_fn: Callable | No
     single_device_loss_fn = make_loss_fn(config.loss, single_device=True)
   single_device_loss_fn = single_device_loss_fn or loss_fn
   loss_fn = sharded.sharded_loss(loss_fn, mesh, scope=mining_scope or "replicated",
-                                 axis_name=parallel.DATA_AXIS)
-  replicated = parallel.replicated(mesh)
+                                 axis_name=mesh_lib.DATA_AXIS)
+  replicated = mesh_lib.replicated(mesh)
   # The state lives replicated on every device of the mesh, like a restored checkpoint.
   state = nnx.state((model, optimizer))
-  nnx.update((model, optimizer), parallel.put_replicated(mesh, state))
+  nnx.update((model, optimizer), mesh_lib.put_replicated(mesh, state))
   num_chunks = config.model.forward_chunks
 
   @nnx.jit
@@ -164,7 +164,7 @@ def build_trainer(config, input_shape, total_steps, mesh, loss_fn: Callable | No
     before = optimizers.state_before_update(model, optimizer)
 
     def objective(model):
-      output = parallel.apply_in_chunks(model, images, num_chunks)
+      output = mesh_lib.apply_in_chunks(model, images, num_chunks)
       loss, stats = loss_fn(labels, output.embeddings)
       return loss, (stats, output.norms, embedding_spread(output.embeddings))
     (loss, (stats, norms, spread)), grads = nnx.value_and_grad(
@@ -180,7 +180,7 @@ def build_trainer(config, input_shape, total_steps, mesh, loss_fn: Callable | No
 
   @nnx.jit
   def embed_fn(model, images):
-    embeddings = parallel.apply_in_chunks(model, images, num_chunks).embeddings
+    embeddings = mesh_lib.apply_in_chunks(model, images, num_chunks).embeddings
     return jax.lax.with_sharding_constraint(embeddings, replicated)
 
   train_step = direct_train_step

@@ -9,8 +9,8 @@ import pytest
 
 from tests.conftest import skip_unless_ci
 from tripletjax.app import errors
-from tripletjax.app import faiss_index
-from tripletjax.app import retrieval
+from tripletjax.app.evaluation import faiss_index
+from tripletjax.app.evaluation import retrieval
 
 
 def brute_force_query_gallery(queries, query_labels, gallery, gallery_labels, ks):

@@ -3,7 +3,7 @@ checkpoint, a run that diverged.
 
 The in-process tests stop a run at a chosen step (deterministic); the subprocess tests send real
 signals to `python -m tripletjax.main` on several CPU devices. Unreadable checkpoints:
-`tests/app/test_checkpointing.py`; a changed config: `tests/app/config/test_resume.py`.
+`tests/app/loop/test_checkpointing.py`; a changed config: `tests/app/config/test_resume.py`.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import pytest
 
 from tests.app.runs import main_args, read_jsonl, run_digits, tiny_config
 from tests.subprocesses import REPO
-from tripletjax.app import checkpointing
-from tripletjax.app import parallel
-from tripletjax.app import preemption
-from tripletjax.app import train
-from tripletjax.app import train_step
+from tripletjax.app.devices import mesh as mesh_lib
+from tripletjax.app.loop import checkpointing
+from tripletjax.app.loop import preemption
+from tripletjax.app.loop import train
+from tripletjax.app.step import train_step
 
 
 TIMING_KEYS = {"train_seconds", "epoch_seconds"}
@@ -150,7 +150,7 @@ def test_a_changed_checkpoint_changes_the_resumed_run(tmp_path, monkeypatch):
   monkeypatch.undo()
 
   directory = str(tmp_path / "zeroed" / "checkpoints")
-  trainer = train_step.build_trainer(config, (8, 8, 1), 12, parallel.make_mesh())
+  trainer = train_step.build_trainer(config, (8, 8, 1), 12, mesh_lib.make_mesh())
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                           train_step.training_state(trainer))
   checkpoints = checkpointing.StepCheckpoints(directory)

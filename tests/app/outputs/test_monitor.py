@@ -8,9 +8,9 @@ import os
 import pytest
 
 from tests.app.runs import tiny_config
-from tripletjax.app import monitor as monitor_lib
-from tripletjax.app import train
 from tripletjax.app.config import defaults
+from tripletjax.app.loop import train
+from tripletjax.app.outputs import monitor as monitor_lib
 
 
 def make_monitor(loss="semihard", patience=30, **changes):

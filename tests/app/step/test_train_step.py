@@ -12,9 +12,9 @@ import numpy as np
 
 from tests.app.runs import tiny_config
 from tests.subprocesses import run_on_devices
-from tripletjax.app import parallel
-from tripletjax.app import train_step
 from tripletjax.app.config import checks
+from tripletjax.app.devices import mesh as mesh_lib
+from tripletjax.app.step import train_step
 
 
 def test_model_options_pass_only_what_is_set():
@@ -34,8 +34,8 @@ def two_train_steps(loss_name: str, forward_chunks: int, dropout_rate: float) ->
   """
   import jax
   from flax import nnx
-  from tripletjax.app.data import datasets
   from tripletjax.app.config import defaults
+  from tripletjax.app.data import datasets
   from tripletjax.app.data import samplers
 
   config = defaults.get_config()
@@ -46,7 +46,7 @@ def two_train_steps(loss_name: str, forward_chunks: int, dropout_rate: float) ->
   config.batch.batch_size = 64
   checks.check_config(config)
   dataset = datasets.load_dataset("digits", max_train=400, max_test=10, seed=0)
-  mesh = parallel.make_mesh()
+  mesh = mesh_lib.make_mesh()
   trainer = train_step.build_trainer(config, dataset.train.images.shape[1:], 10, mesh)
   results = {"devices": np.array(jax.device_count())}
 
@@ -58,7 +58,7 @@ def two_train_steps(loss_name: str, forward_chunks: int, dropout_rate: float) ->
   record_parameters("initial")
   batches = samplers.ShuffledBatches(dataset.train.labels, 64, seed=0).epoch(0)
   for step, indices in zip(range(2), batches):
-    images, labels = parallel.shard_batch(mesh, dataset.train.images[indices],
+    images, labels = mesh_lib.shard_batch(mesh, dataset.train.images[indices],
                                        dataset.train.labels[indices].astype(np.int32))
     metrics = trainer.train_step(trainer.model, trainer.optimizer, images, labels)
     results.update({f"step{step}/{key}": np.asarray(value) for key, value in metrics.items()})
@@ -69,7 +69,7 @@ def two_train_steps(loss_name: str, forward_chunks: int, dropout_rate: float) ->
 TRAIN_SCRIPT = """
     import json, sys
     import jax, numpy as np
-    from tests.app.test_train_step import two_train_steps
+    from tests.app.step.test_train_step import two_train_steps
 
     # As in this test session (conftest.py).
     jax.config.update("jax_threefry_partitionable", False)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tripletjax.app import metric_logging
+from tripletjax.app.outputs import metric_logging
 
 
 def test_read_metrics_jsonl_tolerates_truncated_last_line(tmp_path):

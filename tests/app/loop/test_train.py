@@ -1,7 +1,7 @@
 """The training loop end to end on the embedded digits data (and Fashion-MNIST): exports,
 reports, non-finite steps.
 
-Stopping and resuming the loop: `tests/app/test_train_resume.py`.
+Stopping and resuming the loop: `tests/app/loop/test_train_resume.py`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from tests.app.runs import load_config_module, read_jsonl, tiny_config
-from tripletjax.app import train
 from tripletjax.app.data import augmentations
+from tripletjax.app.loop import train
 
 
 @pytest.mark.slow

@@ -37,12 +37,12 @@ def train_step_programs(batch_size: int) -> dict[str, np.ndarray]:
   from flax import nnx
 
   from benchmarks import compiled as compiled_lib
-  from tripletjax.app import parallel
-  from tripletjax.app import train_step
   from tripletjax.app.config import checks
   from tripletjax.app.config import defaults
   from tripletjax.app.data import datasets
   from tripletjax.app.data import samplers
+  from tripletjax.app.devices import mesh as mesh_lib
+  from tripletjax.app.step import train_step
 
   jax.config.update("jax_threefry_partitionable", False)  # As in the test session.
   config = defaults.get_config()
@@ -51,10 +51,10 @@ def train_step_programs(batch_size: int) -> dict[str, np.ndarray]:
   config.batch.batch_size = batch_size
   config.train_step = "direct"  # The one-program step, where the scopes apply.
   dataset = datasets.load_dataset("digits", seed=0)
-  mesh = parallel.make_mesh()
+  mesh = mesh_lib.make_mesh()
   indices = next(iter(samplers.ShuffledBatches(dataset.train.labels, batch_size, seed=0)
                       .epoch(0)))
-  images, labels = parallel.shard_batch(mesh, dataset.train.images[indices],
+  images, labels = mesh_lib.shard_batch(mesh, dataset.train.images[indices],
                                         dataset.train.labels[indices].astype(np.int32))
   results = {"devices": np.array(jax.device_count()), "labels": np.asarray(labels)}
   for scope in SCOPES:
@@ -84,7 +84,7 @@ def train_step_programs(batch_size: int) -> dict[str, np.ndarray]:
 SCRIPT = """
     import sys
     import numpy as np
-    from tests.app.test_train_step_sharded import train_step_programs
+    from tests.app.step.test_train_step_sharded import train_step_programs
 
     np.savez(sys.argv[1], **train_step_programs(int(sys.argv[2])))
 """
@@ -151,8 +151,8 @@ def test_the_training_loop_builds_the_trainer_with_the_configured_scope(scope, m
                                                                        tmp_path):
   # The loop hands the task's loss to `build_trainer` with the task's scope; stop it there.
   from tests.app.runs import tiny_config
-  from tripletjax.app import train
-  from tripletjax.app import train_step
+  from tripletjax.app.loop import train
+  from tripletjax.app.step import train_step
 
   class Built(Exception):
     pass

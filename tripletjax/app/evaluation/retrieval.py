@@ -41,7 +41,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score, roc_auc_score
 
 from tripletjax.app import errors
-from tripletjax.app import faiss_index
+from tripletjax.app.evaluation import faiss_index
 
 DEFAULT_KS = (1, 2, 4, 8)
 DEFAULT_CHUNK_SIZE = 1000

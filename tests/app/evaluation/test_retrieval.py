@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from tripletjax.app import retrieval
+from tripletjax.app.evaluation import retrieval
 
 
 def on_circle(degrees) -> np.ndarray:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 
-from tripletjax.app import exports
-from tripletjax.app import metric_logging
 from tripletjax.app.data import images as images_lib
+from tripletjax.app.outputs import exports
+from tripletjax.app.outputs import metric_logging
 
 
 def _same_dataset(run_dir: str, dataset_name: str) -> bool:

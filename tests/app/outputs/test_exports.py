@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tripletjax.app import exports
+from tripletjax.app.outputs import exports
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

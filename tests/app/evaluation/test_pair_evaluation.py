@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tripletjax.app import pair_evaluation
+from tripletjax.app.evaluation import pair_evaluation
 
 
 def _loop_metrics(anchors, positives, negatives, margin, ks):

@@ -16,10 +16,10 @@ from typing import Iterable
 import jax
 import numpy as np
 
-from tripletjax.app import parallel
-from tripletjax.app import retrieval
 from tripletjax.app.data import images as images_lib
-from tripletjax.app.train_step import Trainer
+from tripletjax.app.devices import mesh as mesh_lib
+from tripletjax.app.evaluation import retrieval
+from tripletjax.app.step.train_step import Trainer
 
 # Validation reports these leave-one-out metrics, as validation_<name>.
 VALIDATION_METRICS = ("precision_at_1", "r_precision", "map_at_r")
@@ -44,7 +44,7 @@ def embed_chunks(trainer: Trainer, mesh, chunks: Iterable[np.ndarray],
   outputs = []
   for chunk in chunks:
     padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), 0)])
-    (sharded,) = parallel.shard_batch(mesh, padded)
+    (sharded,) = mesh_lib.shard_batch(mesh, padded)
     outputs.append(np.asarray(trainer.embed_fn(trainer.model, sharded))[:len(chunk)])
   trainer.model.train()
   return np.concatenate(outputs)

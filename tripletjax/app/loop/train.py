@@ -3,7 +3,7 @@
 A batch goes from the task (`tasks`: labelled images through `data.datasets`, `data.samplers`
 and `data.augmentations`, or triplets of image files through `data.pairs` and `data.images`;
 deterministic given seed, epoch and step; each process reads and augments only the rows its
-devices hold) -> `parallel.shard_process_rows` (each process puts its rows on its devices) ->
+devices hold) -> `mesh.shard_process_rows` (each process puts its rows on its devices) ->
 `train_step` (forward, the task's loss over the global batch, Optax update). Around the
 steps: metrics (`metric_logging`), the mining-health monitor (`monitor`), evaluation
 (`evaluation`), checkpoints (`checkpointing`, resumed at the exact step), stop signals
@@ -23,16 +23,16 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from tripletjax.app import checkpointing
 from tripletjax.app import errors
-from tripletjax.app import metric_logging
-from tripletjax.app import monitor as monitor_lib
-from tripletjax.app import parallel
-from tripletjax.app import preemption
 from tripletjax.app import tasks
-from tripletjax.app import train_step
 from tripletjax.app.config import checks
 from tripletjax.app.config import resume
+from tripletjax.app.devices import mesh as mesh_lib
+from tripletjax.app.loop import checkpointing
+from tripletjax.app.loop import preemption
+from tripletjax.app.outputs import metric_logging
+from tripletjax.app.outputs import monitor as monitor_lib
+from tripletjax.app.step import train_step
 
 
 def _to_floats(record: dict) -> dict:
@@ -50,7 +50,7 @@ def _mean_records(records: list[dict]) -> dict:
 
 def _restore(trainer, checkpoints, mesh):
   """Restores the newest usable checkpoint into `trainer`; its meta, or None for a fresh run."""
-  replicated = parallel.replicated(mesh)
+  replicated = mesh_lib.replicated(mesh)
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       train_step.training_state(trainer))
@@ -100,7 +100,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _run(config, workdir, changes, checkpoints, stop_signals) -> dict:
   """The body of `train_and_evaluate`: the task (data, loss, evaluation), then `_train`."""
-  mesh = parallel.make_mesh()
+  mesh = mesh_lib.make_mesh()
 
   task = tasks.make_task(config)
   try:
@@ -171,7 +171,7 @@ def _train(config, workdir, changes, checkpoints, stop_signals, mesh, task) -> d
                   disable=not is_main or config.quiet, dynamic_ncols=True)
   trainer.model.train()
   evaluated = None  # What the last evaluation returned for the exports.
-  rows = parallel.process_rows(task.global_batch_size)  # This process's rows of each batch.
+  rows = mesh_lib.process_rows(task.global_batch_size)  # This process's rows of each batch.
   try:
     for epoch in range(step // steps_per_epoch, config.num_epochs):
       # Dropout masks depend only on (seed, epoch, step in epoch): a resumed run repeats them.
@@ -185,7 +185,7 @@ def _train(config, workdir, changes, checkpoints, stop_signals, mesh, task) -> d
         if (signal_number := stop_signals.requested()) is not None:
           _stop_on_signal(signal_number, step, epoch, steps_per_epoch, save, check_finite,
                           checkpoints, progress)
-        images, labels = parallel.shard_process_rows(mesh, task.global_batch_size, images,
+        images, labels = mesh_lib.shard_process_rows(mesh, task.global_batch_size, images,
                                                      labels)
         metrics = trainer.train_step(trainer.model, trainer.optimizer, images, labels)
         step += 1

@@ -6,8 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from tripletjax.app import optimizers
 from tripletjax.app.config import defaults
+from tripletjax.app.step import optimizers
 
 LEARNING_RATE, TOTAL_STEPS, WARMUP_STEPS = 0.1, 10, 4
 

@@ -1,4 +1,4 @@
-"""Several processes (`tripletjax/app/distributed.py`): how they are launched, and a training
+"""Several processes (`tripletjax/app/devices/processes.py`): how they are launched, and a training
 run of 2 processes on localhost (CPU, gloo collectives) against one process on as many devices.
 """
 
@@ -15,12 +15,12 @@ import jax
 import numpy as np
 import pytest
 
-from tripletjax.app import checkpointing
-from tripletjax.app import distributed
 from tripletjax.app import errors
-from tripletjax.app import parallel
-from tripletjax.app import train_step
 from tripletjax.app.config import defaults
+from tripletjax.app.devices import mesh as mesh_lib
+from tripletjax.app.devices import processes
+from tripletjax.app.loop import checkpointing
+from tripletjax.app.step import train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -30,21 +30,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def test_single_process_without_flags_or_variables():
-  assert distributed.launch_from(environ={}) is None
+  assert processes.launch_from(environ={}) is None
 
 
 def test_flags_come_before_the_environment():
   environ = {"JAX_COORDINATOR_ADDRESS": "env:1", "JAX_NUM_PROCESSES": "4",
              "JAX_PROCESS_ID": "3"}
-  assert distributed.launch_from("flag:2", 2, 1, environ=environ) == distributed.Launch(
+  assert processes.launch_from("flag:2", 2, 1, environ=environ) == processes.Launch(
       "flag:2", 2, 1)
-  assert distributed.launch_from(environ=environ) == distributed.Launch("env:1", 4, 3)
-  assert distributed.launch_from(process_id=0, environ=environ) == distributed.Launch(
+  assert processes.launch_from(environ=environ) == processes.Launch("env:1", 4, 3)
+  assert processes.launch_from(process_id=0, environ=environ) == processes.Launch(
       "env:1", 4, 0)
 
 
 def test_distributed_leaves_the_rest_to_the_cluster():
-  assert distributed.launch_from(distributed=True, environ={}) == distributed.Launch(
+  assert processes.launch_from(distributed=True, environ={}) == processes.Launch(
       None, None, None)
 
 
@@ -61,7 +61,7 @@ def test_distributed_leaves_the_rest_to_the_cluster():
 ])
 def test_bad_launch_options_are_one_line_errors(arguments, environ, message):
   with pytest.raises(errors.ConfigError) as error:
-    distributed.launch_from(**arguments, environ=environ)
+    processes.launch_from(**arguments, environ=environ)
   assert str(error.value) == message
 
 
@@ -124,10 +124,10 @@ def final_state(workdir) -> dict[str, np.ndarray]:
   """The parameters, BatchNorm statistics and optimizer state of the run's last checkpoint."""
   config = defaults.get_config()
   config.model.embedding_dim = 16
-  mesh = parallel.make_mesh()
+  mesh = mesh_lib.make_mesh()
   trainer = train_step.build_trainer(config, (8, 8, 1), 10, mesh)
   abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated(mesh)),
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=mesh_lib.replicated(mesh)),
       train_step.training_state(trainer))
   checkpoints = checkpointing.StepCheckpoints(os.path.join(workdir, "checkpoints"))
   try:
