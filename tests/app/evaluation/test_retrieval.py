@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tripletjax.app.evaluation import retrieval
+from tripletjax.app.evaluation import search
 
 
 def on_circle(degrees) -> np.ndarray:
@@ -131,7 +132,7 @@ def test_ties_go_to_the_lower_index():
   embeddings = on_circle([0, 90, 90])
   similarities = embeddings[:1] @ embeddings.T
   similarities[0, 0] = -np.inf
-  np.testing.assert_array_equal(retrieval._top_k_stable(similarities, 1), [[1]])
+  np.testing.assert_array_equal(search.top_k_stable(similarities, 1), [[1]])
   # Labels [A, B, A]: q0 -> 1 (B, tie won by the lower index) miss; q1 is lone (the only B);
   # q2 -> 1 (B, similarity 1) miss -> 0 / 2.
   assert retrieval.precision_at_1(embeddings, [0, 1, 0]) == 0.0
@@ -144,7 +145,7 @@ def test_top_k_matches_stable_argsort_with_many_ties():
   similarities = rng.integers(0, 4, size=(50, 40)).astype(np.float64)
   expected = np.argsort(-similarities, axis=1, kind="stable")
   for k in (1, 2, 5, 17, 39, 40):
-    np.testing.assert_array_equal(retrieval._top_k_stable(similarities, k), expected[:, :k])
+    np.testing.assert_array_equal(search.top_k_stable(similarities, k), expected[:, :k])
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 64])

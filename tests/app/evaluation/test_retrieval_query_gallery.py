@@ -11,6 +11,7 @@ from tests.conftest import skip_unless_ci
 from tripletjax.app import errors
 from tripletjax.app.evaluation import faiss_index
 from tripletjax.app.evaluation import retrieval
+from tripletjax.app.evaluation import search
 
 
 def brute_force_query_gallery(queries, query_labels, gallery, gallery_labels, ks):
@@ -95,10 +96,10 @@ def embeddings_with_ties(num: int, dim: int, num_classes: int, seed: int):
 @pytest.mark.parametrize("dim", [8, 64])
 def test_faiss_and_numpy_give_the_same_neighbours(faiss_installed, dim):
   embeddings, labels = embeddings_with_ties(600, dim, 12, seed=dim)
-  unit = retrieval._l2_normalize(embeddings)
+  unit = search.l2_normalize(embeddings)
   needed = np.full(len(unit), 50)
   for leave_one_out, queries in ((True, unit), (False, unit[:100] * 1.0)):
-    chunks = {backend: list(retrieval._neighbour_chunks(
+    chunks = {backend: list(search.neighbour_chunks(
         queries, unit, needed[:len(queries)], leave_one_out=leave_one_out, chunk_size=128,
         backend=backend)) for backend in ("numpy", "faiss")}
     for (rows_a, a), (rows_b, b) in zip(chunks["numpy"], chunks["faiss"], strict=True):
@@ -124,13 +125,13 @@ def test_faiss_rows_it_cannot_vouch_for_are_ranked_by_numpy(faiss_installed, mon
   # the NumPy path, and the results are still the same.
   embeddings, labels = embeddings_with_ties(300, 16, 6, seed=2)
   calls = []
-  original = retrieval._numpy_top_k
+  original = search.numpy_top_k
 
   def recording(queries, references, rows, k, leave_one_out):
     calls.append(np.size(np.arange(queries.shape[0])[rows]))
     return original(queries, references, rows, k, leave_one_out)
 
-  monkeypatch.setattr(retrieval, "_numpy_top_k", recording)
+  monkeypatch.setattr(search, "numpy_top_k", recording)
   expected = retrieval.retrieval_metrics(embeddings, labels, backend="numpy")
   calls.clear()
   monkeypatch.setattr(faiss_index, "score_tolerance", lambda dim: 10.0)
@@ -140,15 +141,15 @@ def test_faiss_rows_it_cannot_vouch_for_are_ranked_by_numpy(faiss_installed, mon
 
 def test_auto_backend_takes_faiss_for_large_galleries_and_few_neighbours(faiss_installed,
                                                                           monkeypatch):
-  assert retrieval.resolve_backend("auto", 10, faiss_min_references=11) == "numpy"
-  assert retrieval.resolve_backend("auto", 11, faiss_min_references=11) == "faiss"
-  limit = retrieval.FAISS_MAX_NEIGHBOURS
-  assert retrieval.resolve_backend("auto", 11, 11, num_neighbours=limit) == "faiss"
-  assert retrieval.resolve_backend("auto", 11, 11, num_neighbours=limit + 1) == "numpy"
+  assert search.resolve_search_backend("auto", 10, faiss_min_references=11) == "numpy"
+  assert search.resolve_search_backend("auto", 11, faiss_min_references=11) == "faiss"
+  limit = search.FAISS_MAX_NEIGHBOURS
+  assert search.resolve_search_backend("auto", 11, 11, num_neighbours=limit) == "faiss"
+  assert search.resolve_search_backend("auto", 11, 11, num_neighbours=limit + 1) == "numpy"
   # The metrics pass the neighbours they need: R + recall's largest k.
   calls = []
-  original = retrieval.resolve_backend
-  monkeypatch.setattr(retrieval, "resolve_backend",
+  original = search.resolve_search_backend
+  monkeypatch.setattr(search, "resolve_search_backend",
                       lambda *args, **kw: calls.append(args) or original(*args, **kw))
   labels = np.repeat(np.arange(4), 10)
   embeddings = np.random.default_rng(0).normal(size=(40, 3))
@@ -159,6 +160,6 @@ def test_auto_backend_takes_faiss_for_large_galleries_and_few_neighbours(faiss_i
                                   backend="auto", faiss_min_references=40)
   assert calls[-1] == ("auto", 40, 40, 20)
   monkeypatch.setattr(faiss_index, "available", lambda: False)
-  assert retrieval.resolve_backend("auto", 10**6) == "numpy"
+  assert search.resolve_search_backend("auto", 10**6) == "numpy"
   with pytest.raises(errors.MissingDependencyError, match="faiss"):
-    retrieval.resolve_backend("faiss", 10)
+    search.resolve_search_backend("faiss", 10)

@@ -24,24 +24,18 @@ queries never materialise the 10,000 x 10,000 similarity matrix.
 Query/gallery evaluation (In-Shop) ranks a separate gallery for each query instead
 (`query_gallery_metrics`): R(q) is then the number of gallery items with the query's label.
 
-Neighbours come from one of `BACKENDS`: "numpy" (BLAS similarities, the ranking above) or
-"faiss" (`faiss_index`: an exact inner-product index for the candidates, re-ranked here with
-NumPy's similarities and tie rule, so both give the same neighbours and metrics). "auto" takes
-faiss, when it is installed, for galleries of at least `FAISS_MIN_REFERENCES` searched for at
-most `FAISS_MAX_NEIGHBOURS` neighbours per query: with more, gathering the candidates'
-similarities costs more than NumPy's full ranking (benchmarks/retrieval_backends.py).
+Neighbours come from `search` (NumPy or faiss: the same neighbours, so the same metrics).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score, roc_auc_score
 
-from tripletjax.app import errors
-from tripletjax.app.evaluation import faiss_index
+from tripletjax.app.evaluation import search
 
 DEFAULT_KS = (1, 2, 4, 8)
 DEFAULT_CHUNK_SIZE = 1000
@@ -52,40 +46,6 @@ KMEANS_N_INIT = 1
 # Pairs whose similarities are gathered at once in `verification_metrics`
 # (2 x 16384 x D float64 rows is ~64 MiB at D = 256).
 _PAIR_CHUNK_SIZE = 16384
-BACKENDS = ("auto", "numpy", "faiss")
-# "auto" searches galleries of at least this many references with faiss (when installed), for
-# at most FAISS_MAX_NEIGHBOURS neighbours per query.
-FAISS_MIN_REFERENCES = 20_000
-FAISS_MAX_NEIGHBOURS = 64
-# Candidates fetched from faiss beyond the k needed: max(_FAISS_EXTRA, k / 8).
-_FAISS_EXTRA = 16
-# Candidate similarities gathered at once in the faiss re-ranking (float64 entries).
-_GATHER_ENTRIES = 1 << 23
-
-
-def resolve_backend(backend: str, num_references: int,
-                    faiss_min_references: int = FAISS_MIN_REFERENCES,
-                    num_neighbours: int | None = None) -> str:
-  """The neighbour search that `backend` means for a gallery of `num_references` rows searched
-  for `num_neighbours` neighbours per query (None: few).
-
-  Raises:
-    ValueError: an unknown backend.
-    errors.MissingDependencyError: "faiss" where faiss cannot be imported.
-  """
-  if backend not in BACKENDS:
-    raise ValueError(f"Unknown retrieval backend {backend!r}; expected one of "
-                     f"{', '.join(BACKENDS)}.")
-  if backend == "auto":
-    use_faiss = (num_references >= faiss_min_references
-                 and (num_neighbours is None or num_neighbours <= FAISS_MAX_NEIGHBOURS)
-                 and faiss_index.available())
-    return "faiss" if use_faiss else "numpy"
-  if backend == "faiss" and not faiss_index.available():
-    raise errors.MissingDependencyError(
-        "the faiss retrieval backend needs faiss, which is not installed",
-        faiss_index.INSTALL_HINT)
-  return backend
 
 
 # ----------------------------------------------------------------------------- validation
@@ -149,138 +109,6 @@ def _check_chunk_size(chunk_size: int) -> int:
   return int(chunk_size)
 
 
-# ----------------------------------------------------------------------------- ranking
-
-
-def _l2_normalize(embeddings: np.ndarray) -> np.ndarray:
-  """[N, D] -> [N, D] float64 rows of unit norm (all-zero rows stay zero)."""
-  embeddings = embeddings.astype(np.float64)
-  norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-  return embeddings / np.maximum(norms, 1e-12)
-
-
-def _top_k_stable(similarities: np.ndarray, k: int) -> np.ndarray:
-  """Indices of the k most similar columns of each row, most similar first.
-
-  Equal to `np.argsort(-similarities, kind="stable")[:, :k]` (ties go to the lower index)
-  but O(N) per row instead of O(N log N): an argpartition finds the top k, and only rows
-  where a tie straddles the k-th place (so argpartition's choice among equal values would be
-  arbitrary) fall back to the full stable sort.
-
-  Args:
-    similarities: [C, N] float array.
-    k: number of neighbours, 1 <= k <= N.
-
-  Returns:
-    [C, k] int64 column indices.
-  """
-  num_columns = similarities.shape[1]
-  negated = -similarities
-  if k >= num_columns:
-    return np.argsort(negated, axis=1, kind="stable")
-  # Sorting the chosen k by index first makes the stable sort by value below order them by
-  # (similarity descending, index ascending).
-  top = np.sort(np.argpartition(negated, k - 1, axis=1)[:, :k], axis=1)
-  top_negated = np.take_along_axis(negated, top, axis=1)
-  kth_negated = top_negated.max(axis=1, keepdims=True)
-  num_strictly_better = np.count_nonzero(negated < kth_negated, axis=1)
-  num_tied_at_kth = np.count_nonzero(negated == kth_negated, axis=1)
-  top = np.take_along_axis(top, np.argsort(top_negated, axis=1, kind="stable"), axis=1)
-  ambiguous_rows = np.flatnonzero(num_strictly_better + num_tied_at_kth > k)
-  if ambiguous_rows.size:
-    top[ambiguous_rows] = np.argsort(negated[ambiguous_rows], axis=1, kind="stable")[:, :k]
-  return top
-
-
-def _neighbour_chunks(
-    queries: np.ndarray,
-    references: np.ndarray,
-    num_neighbours: np.ndarray,
-    *,
-    leave_one_out: bool,
-    chunk_size: int,
-    backend: str = "numpy",
-) -> Iterator[tuple[slice, np.ndarray]]:
-  """Yields `(query_slice, neighbours[C, K])` chunk by chunk, nearest first.
-
-  Args:
-    queries: [Q, D] unit-norm rows.
-    references: [N, D] unit-norm rows; with `leave_one_out` the same array as `queries`.
-    num_neighbours: [Q] neighbours each query needs; a chunk ranks the largest of its
-      queries' needs (capped at the number of candidates).
-    leave_one_out: exclude query i from its own neighbours (reference i).
-    chunk_size: query rows per chunk; memory is O(chunk_size * N).
-    backend: "numpy" or "faiss" (same neighbours; see the module docstring).
-  """
-  if backend == "faiss":
-    yield from _faiss_neighbour_chunks(queries, references, num_neighbours,
-                                       leave_one_out=leave_one_out, chunk_size=chunk_size)
-    return
-  if backend != "numpy":
-    raise ValueError(f"Unknown neighbour backend {backend!r}; expected numpy or faiss.")
-  num_candidates = references.shape[0] - (1 if leave_one_out else 0)
-  for start in range(0, queries.shape[0], chunk_size):
-    rows = slice(start, min(start + chunk_size, queries.shape[0]))
-    k = int(min(max(num_neighbours[rows].max(), 1), num_candidates))
-    yield rows, _numpy_top_k(queries, references, rows, k, leave_one_out)
-
-
-def _numpy_top_k(queries, references, rows: slice | np.ndarray, k: int,
-                 leave_one_out: bool) -> np.ndarray:
-  """[C, k] nearest references of `queries[rows]` by exact similarity, ties to lower index."""
-  query_indices = np.arange(queries.shape[0])[rows]
-  # Rank at float32 resolution. BLAS sums in a shape-dependent order (a 1-row chunk takes a
-  # different kernel than a 1000-row one), which moves float64 results by an ulp or so, and
-  # exact ties such as duplicate embeddings would then break differently depending on the
-  # chunk a query falls in. Those ~1e-16 wobbles (almost) never cross a float32 rounding
-  # boundary, so ties are the same for any chunking; embeddings are float32 anyway.
-  similarities = (queries[query_indices] @ references.T).astype(np.float32)
-  if leave_one_out:
-    # -inf ranks the query itself last, after every real candidate, and k never reaches it.
-    similarities[np.arange(len(query_indices)), query_indices] = -np.inf
-  return _top_k_stable(similarities, k)
-
-
-def _faiss_neighbour_chunks(queries, references, num_neighbours, *, leave_one_out: bool,
-                            chunk_size: int) -> Iterator[tuple[slice, np.ndarray]]:
-  """`_neighbour_chunks` with faiss candidates, re-ranked to the NumPy path's exact order.
-
-  Each chunk fetches k + max(16, k / 8) candidates (one more with `leave_one_out`), computes
-  their similarities as the NumPy path does, and orders them by (similarity descending, index
-  ascending). A query whose k-th similarity does not exceed the lowest fetched faiss score by
-  more than `faiss_index.score_tolerance` might have an unfetched neighbour that belongs in its
-  top k: those queries are ranked by the NumPy path instead.
-  """
-  index = faiss_index.InnerProductIndex(references)
-  tolerance = faiss_index.score_tolerance(references.shape[1])
-  num_references = references.shape[0]
-  num_candidates = num_references - (1 if leave_one_out else 0)
-  for start in range(0, queries.shape[0], chunk_size):
-    rows = slice(start, min(start + chunk_size, queries.shape[0]))
-    k = int(min(max(num_neighbours[rows].max(), 1), num_candidates))
-    fetch = min(k + max(_FAISS_EXTRA, k // 8) + (1 if leave_one_out else 0), num_references)
-    scores, ids = index.search(queries[rows], fetch)
-    ids = ids.astype(np.int64)
-    query_indices = np.arange(rows.start, rows.stop)
-    exact = np.empty(ids.shape, np.float32)
-    step = max(1, _GATHER_ENTRIES // max(1, fetch * references.shape[1]))
-    for sub in range(0, len(ids), step):
-      block = slice(sub, sub + step)
-      exact[block] = np.einsum("qd,qkd->qk", queries[query_indices[block]],
-                               references[ids[block]]).astype(np.float32)
-    if leave_one_out:
-      exact[ids == query_indices[:, None]] = -np.inf
-    order = np.lexsort((ids, -exact), axis=1)
-    ranked_ids = np.take_along_axis(ids, order, axis=1)[:, :k]
-    kth = np.take_along_axis(exact, order[:, k - 1:k], axis=1)[:, 0]
-    if fetch < num_references:
-      uncertain = np.flatnonzero(~(kth > scores[:, -1] + tolerance))
-      if uncertain.size:
-        ranked_ids[uncertain] = _numpy_top_k(queries, references, query_indices[uncertain],
-                                             k, leave_one_out)
-    yield rows, ranked_ids
-
-
 # ----------------------------------------------------------------------------- metrics
 
 
@@ -296,7 +124,7 @@ def _ranking_metrics(queries, query_ids, references, reference_ids, same_class_o
     queries: [Q, D] unit rows; `query_ids` [Q] their class ids.
     references: [N, D] unit rows; `reference_ids` [N] their class ids (same id space).
     same_class_others: [Q] R of each query: its relevant references (0: left out).
-    ks, chunk_size, leave_one_out, backend: as in `_neighbour_chunks`.
+    ks, chunk_size, leave_one_out, backend: as in `search.neighbour_chunks`.
   """
   needed = np.maximum(same_class_others, max(ks))
   num_scored = 0
@@ -304,7 +132,7 @@ def _ranking_metrics(queries, query_ids, references, reference_ids, same_class_o
   recall_sums = dict.fromkeys(ks, 0.0)
   r_precision_sum = 0.0
   map_at_r_sum = 0.0
-  for rows, neighbours in _neighbour_chunks(
+  for rows, neighbours in search.neighbour_chunks(
       queries, references, needed, leave_one_out=leave_one_out, chunk_size=chunk_size,
       backend=backend):
     r = same_class_others[rows]
@@ -341,7 +169,7 @@ def retrieval_metrics(
     ks: Sequence[int] = DEFAULT_KS,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     backend: str = "numpy",
-    faiss_min_references: int = FAISS_MIN_REFERENCES,
+    faiss_min_references: int = search.FAISS_MIN_REFERENCES,
 ) -> dict:
   """Leave-one-out ranking metrics of a labelled set, in one pass over its neighbours.
 
@@ -353,7 +181,7 @@ def retrieval_metrics(
     labels: [N] class ids (integers or strings).
     ks: the k of Recall@k.
     chunk_size: queries ranked at once; memory is about `chunk_size * N` floats.
-    backend: "numpy", "faiss" or "auto" (`resolve_backend`); the same results.
+    backend: "numpy", "faiss" or "auto" (`search.resolve_search_backend`); the same results.
     faiss_min_references: the set size from which "auto" may use faiss.
 
   Returns:
@@ -365,9 +193,9 @@ def retrieval_metrics(
   chunk_size = _check_chunk_size(chunk_size)
   _, class_ids, class_sizes = np.unique(labels, return_inverse=True, return_counts=True)
   same_class_others = class_sizes[class_ids] - 1
-  backend = resolve_backend(backend, len(labels), faiss_min_references,
-                            max(max(ks), int(same_class_others.max())))
-  unit = _l2_normalize(embeddings)
+  backend = search.resolve_search_backend(backend, len(labels), faiss_min_references,
+                                          max(max(ks), int(same_class_others.max())))
+  unit = search.l2_normalize(embeddings)
   return _ranking_metrics(unit, class_ids, unit, class_ids, same_class_others, ks=ks,
                           chunk_size=chunk_size, leave_one_out=True, backend=backend)
 
@@ -381,7 +209,7 @@ def query_gallery_metrics(
     ks: Sequence[int] = DEFAULT_KS,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     backend: str = "numpy",
-    faiss_min_references: int = FAISS_MIN_REFERENCES,
+    faiss_min_references: int = search.FAISS_MIN_REFERENCES,
 ) -> dict:
   """Ranking metrics of queries searching a separate gallery (In-Shop's protocol).
 
@@ -394,7 +222,7 @@ def query_gallery_metrics(
     gallery_embeddings: [N, D]; gallery_labels: [N] class ids.
     ks: the k of Recall@k (In-Shop papers report 1, 10, 20, 30, 40, 50).
     chunk_size: queries ranked at once; memory is about `chunk_size * N` floats.
-    backend: "numpy", "faiss" or "auto" (`resolve_backend`); the same results.
+    backend: "numpy", "faiss" or "auto" (`search.resolve_search_backend`); the same results.
     faiss_min_references: the gallery size from which "auto" may use faiss.
 
   Returns:
@@ -415,10 +243,10 @@ def query_gallery_metrics(
   query_ids, gallery_ids = class_ids[:len(query_labels)], class_ids[len(query_labels):]
   gallery_counts = np.bincount(gallery_ids, minlength=class_ids.max() + 1)
   relevant = gallery_counts[query_ids]
-  backend = resolve_backend(backend, len(gallery_labels), faiss_min_references,
-                            max(max(ks), int(relevant.max())))
-  return _ranking_metrics(_l2_normalize(query_embeddings), query_ids,
-                          _l2_normalize(gallery_embeddings), gallery_ids,
+  backend = search.resolve_search_backend(backend, len(gallery_labels), faiss_min_references,
+                                          max(max(ks), int(relevant.max())))
+  return _ranking_metrics(search.l2_normalize(query_embeddings), query_ids,
+                          search.l2_normalize(gallery_embeddings), gallery_ids,
                           relevant, ks=ks, chunk_size=chunk_size,
                           leave_one_out=False, backend=backend)
 
@@ -510,7 +338,7 @@ def nmi(embeddings, labels, *, seed: int = 0, n_init: int = KMEANS_N_INIT) -> fl
   embeddings, labels = _check_labelled_set(embeddings, labels)
   _, class_ids = np.unique(labels, return_inverse=True)
   num_classes = int(class_ids.max()) + 1
-  unit = _l2_normalize(embeddings)
+  unit = search.l2_normalize(embeddings)
   if num_classes == 1:
     clusters = np.zeros_like(class_ids)
   else:
@@ -521,7 +349,7 @@ def nmi(embeddings, labels, *, seed: int = 0, n_init: int = KMEANS_N_INIT) -> fl
 def knn_accuracy(
     train_embeddings, train_labels, test_embeddings, test_labels, k: int = 1, *,
     chunk_size: int = DEFAULT_CHUNK_SIZE, backend: str = "numpy",
-    faiss_min_references: int = FAISS_MIN_REFERENCES) -> float:
+    faiss_min_references: int = search.FAISS_MIN_REFERENCES) -> float:
   """Accuracy of k-nearest-neighbour classification of the test set by the training set.
 
   Neighbours are ranked by cosine similarity (ties to the lower training index). The
@@ -535,7 +363,7 @@ def knn_accuracy(
     test_labels: [M] their class ids.
     k: neighbours that vote (capped at N).
     chunk_size: test rows classified at once.
-    backend: "numpy", "faiss" or "auto" (`resolve_backend`); the same results.
+    backend: "numpy", "faiss" or "auto" (`search.resolve_search_backend`); the same results.
 
   Returns:
     Fraction of test examples whose predicted label equals their label.
@@ -551,16 +379,17 @@ def knn_accuracy(
   if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
     raise ValueError(f"k must be a positive integer, got {k!r}.")
   chunk_size = _check_chunk_size(chunk_size)
-  backend = resolve_backend(backend, len(train_labels), faiss_min_references, int(k))
+  backend = search.resolve_search_backend(backend, len(train_labels), faiss_min_references,
+                                          int(k))
   # One id space for both sets: classes may be missing from either side.
   _, class_ids = np.unique(np.concatenate([train_labels, test_labels]), return_inverse=True)
   train_ids, test_ids = class_ids[:len(train_labels)], class_ids[len(train_labels):]
   num_neighbours = np.full(len(test_ids), min(int(k), len(train_ids)))
 
   num_correct = 0
-  for rows, neighbours in _neighbour_chunks(
-      _l2_normalize(test_embeddings), _l2_normalize(train_embeddings), num_neighbours,
-      leave_one_out=False, chunk_size=chunk_size, backend=backend):
+  for rows, neighbours in search.neighbour_chunks(
+      search.l2_normalize(test_embeddings), search.l2_normalize(train_embeddings),
+      num_neighbours, leave_one_out=False, chunk_size=chunk_size, backend=backend):
     neighbour_ids = train_ids[neighbours]  # [C, k], nearest first
     # votes[c, j]: how many of the k neighbours share neighbour j's label. argmax returns the
     # first maximum, i.e. the nearest neighbour among the most-voted labels.
@@ -653,7 +482,7 @@ def verification_metrics(
   if isinstance(max_pairs, bool) or not isinstance(max_pairs, (int, np.integer)) \
       or max_pairs < 1:
     raise ValueError(f"max_pairs must be a positive integer, got {max_pairs!r}.")
-  unit = _l2_normalize(embeddings)
+  unit = search.l2_normalize(embeddings)
   _, class_ids = np.unique(labels, return_inverse=True)
   first, second = _verification_pairs(len(class_ids), int(max_pairs), seed)
   similarities = np.concatenate([
@@ -693,7 +522,7 @@ def evaluate_embeddings(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     max_pairs: int = 200_000,
     backend: str = "numpy",
-    faiss_min_references: int = FAISS_MIN_REFERENCES,
+    faiss_min_references: int = search.FAISS_MIN_REFERENCES,
 ) -> dict:
   """All retrieval metrics of a test set, as JSON-serialisable Python floats.
 
@@ -706,7 +535,7 @@ def evaluate_embeddings(
     seed: seed of k-means (NMI) and of the verification pair sample.
     chunk_size: queries ranked at once (memory about `chunk_size * N` floats).
     max_pairs: cap on the verification pairs.
-    backend: neighbour search, "numpy", "faiss" or "auto" (`resolve_backend`).
+    backend: neighbour search, "numpy", "faiss" or "auto" (`search.resolve_search_backend`).
     faiss_min_references: the gallery size from which "auto" may use faiss.
 
   Returns:
@@ -742,7 +571,7 @@ def evaluate_query_gallery(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     max_pairs: int = 200_000,
     backend: str = "numpy",
-    faiss_min_references: int = FAISS_MIN_REFERENCES,
+    faiss_min_references: int = search.FAISS_MIN_REFERENCES,
 ) -> dict:
   """All retrieval metrics of queries against a separate gallery (In-Shop's protocol).
 

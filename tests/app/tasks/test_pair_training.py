@@ -116,7 +116,7 @@ def _folder_with_unreadable_images(pair_folder, tmp_path) -> str:
   folder = str(tmp_path / "pairs")
   shutil.copytree(pair_folder, folder)
   train_pairs, validation_pairs = pairs.split_pairs(NUM_PAIRS, 0.25, seed=0)
-  train_pairs = tasks._subsample(train_pairs, 96, seed=0)
+  train_pairs = tasks.pairs._subsample(train_pairs, 96, seed=0)
   names = sorted(os.listdir(os.path.join(folder, "right")))
   with open(os.path.join(folder, "right", names[validation_pairs[0]]), "r+b") as f:
     f.truncate(60)  # A truncated PNG.
