@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests.subprocesses import REPO
 from tripletjax.app import errors
 from tripletjax.app.config import defaults
 from tripletjax.app.devices import mesh as mesh_lib
@@ -22,7 +23,6 @@ from tripletjax.app.devices import processes
 from tripletjax.app.loop import checkpointing
 from tripletjax.app.step import train_step
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # ----------------------------------------------------------------------------------------------

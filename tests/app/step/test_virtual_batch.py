@@ -18,11 +18,11 @@ import ml_collections
 import numpy as np
 import pytest
 
+from tests.subprocesses import REPO
 from tripletjax.app.config import defaults
 from tripletjax.app.step import train_step
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(TESTS))
 NUM_DEVICES = 8
 BATCH = 64
 CHUNKS = 2  # Forward chunks: 4 rows per device each.

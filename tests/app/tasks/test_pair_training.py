@@ -12,6 +12,7 @@ import shutil
 import ml_collections
 import pytest
 
+from tests.subprocesses import REPO
 from tripletjax.app import errors
 from tripletjax.app import tasks
 from tripletjax.app.config import checks
@@ -22,7 +23,6 @@ from tripletjax.app.loop import preemption
 from tripletjax.app.loop import train
 from tests.app.loop.test_train_resume import assert_same_run, count_train_steps, stop_after
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_PAIRS = 240
 
 
