@@ -18,6 +18,32 @@ def test_missing_config_file():
   assert hint is not None and "digits.py" in hint
 
 
+def test_config_file_that_does_not_load_names_the_file_and_line(tmp_path):
+  # One subprocess for the three ways a config file fails to load: main reports the first
+  # and `cli.load_config_file` (what main calls to diagnose it) the others.
+  syntax = tmp_path / "syntax.py"
+  syntax.write_text("from tripletjax.app.config import defaults\n\ndef get_config(:\n  pass\n")
+  line, hint = user_error_lines(run_main(f"--config={syntax}"))
+  assert line == f"error: --config={syntax}: {syntax}, line 3: invalid syntax"
+  assert hint is None
+  no_function = tmp_path / "no_function.py"
+  no_function.write_text("config = None\n")
+  raises = tmp_path / "raises.py"
+  raises.write_text("def get_config():\n  sizes = {}\n  return sizes['batch']\n")
+  result = run_python("-c", textwrap.dedent(f"""
+      from tripletjax.app import cli, errors
+      for path in ({str(no_function)!r}, {str(raises)!r}):
+        try:
+          cli.load_config_file(path)
+        except errors.ConfigError as error:
+          print(error)
+  """))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.splitlines() == [
+      f"--config={no_function}: {no_function} defines no get_config() function",
+      f"--config={raises}: {raises}, line 3: KeyError: 'batch'"]
+
+
 def test_missing_config_flag():
   line, _ = user_error_lines(run_main())
   assert "--config" in line

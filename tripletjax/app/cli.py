@@ -14,6 +14,7 @@ import importlib.util
 import os
 import re
 import sys
+import traceback
 
 import ml_collections
 from absl import flags
@@ -70,17 +71,45 @@ def _config_file_error(path: str, error: Exception) -> errors.ConfigError:
   return errors.ConfigError(f"--config={path}: cannot load it ({reason})")
 
 
+def _line_in(error: BaseException, filename: str) -> int | None:
+  """The line of `filename` where `error` was raised (its innermost frame in that file)."""
+  lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__)
+           if os.path.abspath(frame.filename) == os.path.abspath(filename)]
+  return lines[-1] if lines else None
+
+
+def load_config_file(path: str):
+  """The config of `path` ("file.py" or "file.py:argument"), loaded as ml_collections does.
+
+  Raises:
+    errors.ConfigError: a file that does not load (a syntax error, no `get_config`, an
+      exception in it), naming the file and the line.
+  """
+  filename, *arguments = path.split(":", 1)
+  spec = importlib.util.spec_from_file_location("tripletjax_config_to_check", filename)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+      raise errors.ConfigError(f"--config={path}: {filename} defines no get_config() function")
+    return get_config(*arguments)
+  except SyntaxError as error:
+    raise errors.ConfigError(f"--config={path}: {error.filename}, line {error.lineno}: "
+                             f"{error.msg}") from None
+  except errors.UserError:
+    raise
+  except Exception as error:  # pylint: disable=broad-except  # Any error of the user's code.
+    raise errors.ConfigError(f"--config={path}: {filename}, line {_line_in(error, filename)}: "
+                             f"{type(error).__name__}: {error}") from None
+
+
 def _unknown_override(argv: list[str]) -> errors.ConfigError | None:
   """The first `--config.a.b=...` of `argv` whose key the config file does not have."""
   path = _config_argument(argv)
   if path is None:
     return None
-  # Loaded again, as ml_collections does: `path` is "file.py" or "file.py:argument".
-  filename, *arguments = path.split(":", 1)
-  spec = importlib.util.spec_from_file_location("tripletjax_config_to_check", filename)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(*arguments)
+  config = load_config_file(path)  # Loaded again, as ml_collections does.
   for arg in argv[1:]:
     match = re.match(r"--?(?:no)?config\.([^=]+)", arg)
     if not match:
@@ -121,13 +150,17 @@ def parse_flags(argv: list[str], config_flag) -> list[str]:
       rest = flags.FLAGS(argv)
     except flags.Error as error:
       raise errors.ConfigError(str(error), FLAGS_HINT) from error
-    except (KeyError, AttributeError, OSError) as error:
-      # An override of a missing key (ml_collections raises KeyError/AttributeError), or one
-      # of a config file that failed to load (OSError).
+    except Exception as error:  # pylint: disable=broad-except
+      # A config file that failed to load (OSError: missing; a syntax error, no get_config,
+      # an exception in it), or an override of a missing key (ml_collections raises
+      # KeyError/AttributeError).
       path = _config_argument(argv)
       if isinstance(error, OSError) and path is not None:
         raise _config_file_error(path, error) from error
-      unknown = _unknown_override(argv)
+      if path is not None:
+        load_config_file(path)  # Names the file and line of a config that does not load.
+      unknown = (_unknown_override(argv) if isinstance(error, (KeyError, AttributeError))
+                 else None)
       if unknown is None:
         raise
       raise unknown from error

@@ -159,9 +159,9 @@ def test_the_training_loop_builds_the_trainer_with_the_configured_scope(scope, m
 
   seen = {}
 
-  def build_trainer(config, input_shape, total_steps, mesh, loss_fn=None, mining_scope=None,
+  def build_trainer(config, input_shape, total_steps, mesh, plan=None, loss_fn=None,
                     single_device_loss_fn=None):
-    seen.update(loss_fn=loss_fn, mining_scope=mining_scope)
+    seen.update(loss_fn=loss_fn, mining_scope=plan.mining_scope)
     raise Built
 
   monkeypatch.setattr(train_step, "build_trainer", build_trainer)

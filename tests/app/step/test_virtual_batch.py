@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 
 from tests.subprocesses import REPO
+from tripletjax.app import errors
 from tripletjax.app.config import defaults
+from tripletjax.app.step import plan as plan_lib
 from tripletjax.app.step import train_step
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -145,8 +147,9 @@ def eight_device_results() -> dict[str, np.ndarray]:
       step = trainers[way].train_step
       if model_name == "plain":
         step = virtual_batch.SplitTrainStep(
-            train_step.make_loss_fn(config.loss, single_device=True), schedule, mesh, CHUNKS,
-            recompute=way == "recompute")
+            train_step.make_loss_fn(config.loss,
+                                    trainers[way].plan.single_device_mining_backend),
+            schedule, mesh, CHUNKS, recompute=way == "recompute")
       model = nnx.clone(initial)
       before = flat("", nnx.state(model))
       computed = step.gradient(model, images, labels)
@@ -296,14 +299,48 @@ def test_nonfinite_step_leaves_the_state_and_advances_dropout(results, step):
     ("tpu", 4, "batch_all", "auto", "direct"),
 ])
 def test_auto_train_step(platform, devices, loss, backend, expected):
-  loss_config = defaults.get_config().loss
-  loss_config.name = loss
-  loss_config.mining_backend = backend
-  assert train_step.resolve_train_step("auto", loss_config, platform=platform,
-                                       num_devices=devices) == expected
+  config = defaults.get_config()
+  config.loss.name = loss
+  config.loss.mining_backend = backend
+  assert plan_lib.make_plan(config, platform=platform, num_devices=devices).step_kind == expected
   for requested in ("direct", "split", "recompute"):
-    assert train_step.resolve_train_step(requested, loss_config, platform=platform,
-                                         num_devices=devices) == requested
+    config.train_step = requested
+    if requested == "direct" and backend == "numpy":  # A host callback would deadlock.
+      with pytest.raises(errors.ConfigError, match="cannot call the NumPy miner"):
+        plan_lib.make_plan(config, platform=platform, num_devices=devices)
+      continue
+    plan = plan_lib.make_plan(config, platform=platform, num_devices=devices)
+    assert plan.step_kind == requested
+
+
+@pytest.mark.parametrize("platform, devices, backend, sharded, one_device", [
+    ("cpu", 2, "auto", "xla:rank_key", "numpy"),
+    ("cpu", 1, "auto", "numpy", "numpy"),
+    ("gpu", 8, "auto", "xla:three_keys", "xla:three_keys"),
+    ("cpu", 2, "xla", "xla:rank_key", "xla:rank_key"),
+])
+def test_the_plan_resolves_the_mining_backends_once(platform, devices, backend, sharded,
+                                                     one_device):
+  config = defaults.get_config()
+  config.loss.mining_backend = backend
+  plan = plan_lib.make_plan(config, platform=platform, num_devices=devices)
+  assert (plan.mining_backend, plan.single_device_mining_backend) == (sharded, one_device)
+  config.loss.name = "hard"  # No sorting miner: no mining backend.
+  plan = plan_lib.make_plan(config, platform=platform, num_devices=devices)
+  assert (plan.mining_backend, plan.single_device_mining_backend) == (None, None)
+
+
+def test_the_plan_in_one_line():
+  config = defaults.get_config()
+  config.batch.batch_size = 1024
+  plan = plan_lib.make_plan(config, platform="cpu", num_devices=2)
+  assert plan.describe() == ("train step: split; mining: numpy on the host, global batch of "
+                             "1024 over 2 cpu devices")
+  config.loss.mining_scope, config.model.forward_chunks = "local", 4
+  plan = plan_lib.make_plan(config, platform="gpu", num_devices=8)
+  assert plan.describe() == ("train step: direct; mining: xla:three_keys inside the program, "
+                             "each device's 128 rows alone (8 gpu devices); 4 forward chunks")
+  assert plan.record()["mining_scope"] == "local"
 
 
 def test_recompute_holds_one_chunk_of_activations_whatever_the_batch():
@@ -327,7 +364,8 @@ def test_recompute_holds_one_chunk_of_activations_whatever_the_batch():
     trainer = train_step.build_trainer(config, image_shape, 10, mesh)
     _, schedule = optimizers.make_optimizer(config.optimizer, 10)
     step = virtual_batch.SplitTrainStep(
-        train_step.make_loss_fn(config.loss, single_device=True), schedule, mesh,
+        train_step.make_loss_fn(config.loss, trainer.plan.single_device_mining_backend),
+        schedule, mesh,
         batch // rows, recompute=True)
     images = jnp.zeros((batch, *image_shape), jnp.float32)
     cotangent = jnp.zeros((batch, config.model.embedding_dim), jnp.float32)

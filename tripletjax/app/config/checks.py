@@ -36,8 +36,7 @@ from tripletjax.app.evaluation import search
 from tripletjax.app.models import resnet
 from tripletjax.app.models import weights
 from tripletjax.app.step import optimizers
-from tripletjax.app.step import train_step
-from tripletjax.app.step import virtual_batch
+from tripletjax.app.step import plan as plan_lib
 
 # Seeds seed JAX keys (seed and seed + 1), which keep only their low 32 bits.
 SEED_LIMIT = 2**31
@@ -143,7 +142,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
   for key in ("num_epochs", "log_every_steps", "eval_every_epochs", "checkpoint_every_epochs"):
     check.integer(key, 1)
   check.boolean("quiet")
-  check.choice("train_step", train_step.TRAIN_STEPS)
+  check.choice("train_step", plan_lib.TRAIN_STEP_CHOICES)
 
   name = check["data.name"]
   task = tasks.task_for(name)
@@ -249,21 +248,6 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
       _fail(f"loss.{option}", value,
             f"loss {config.loss.name!r} has no such option (its options: "
             f"{', '.join(loss_options)}); leave it at {default_loss[option]!r}")
-  # A host callback inside a program sharded over several CPU devices deadlocks XLA:CPU.
-  step = train_step.resolve_train_step(config.train_step, config.loss, num_devices=num_devices)
-  if step in virtual_batch.SPLIT_STEPS and config.loss.mining_scope == "local":
-    _fail("train_step", config.train_step,
-          "the split steps mine the whole global batch between two programs, not each "
-          "device's rows alone (config.loss.mining_scope='local')",
-          "set config.train_step='direct' (or 'auto') to mine locally")
-  if (step == "direct" and config.loss.mining_backend == "numpy" and num_devices > 1
-      and jax.default_backend() == "cpu" and losses.MINED_LOSSES[config.loss.name].sorts_rows):
-    _fail("loss.mining_backend", "numpy",
-          f"the direct train step over {num_devices} CPU devices cannot call the NumPy miner "
-          "(a host callback in a sharded program deadlocks XLA:CPU)",
-          "leave config.train_step='auto' (it then splits the step and mines in NumPy), or "
-          "set config.loss.mining_backend='auto'")
-
   check.choice("batch.sampler", samplers.SAMPLERS)
   for key in ("batch.batch_size", "batch.classes_per_batch", "batch.samples_per_class"):
     check.integer(key, 1)
@@ -283,6 +267,8 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
     _fail("model.forward_chunks", chunks,
           f"must divide the batch size per device ({batch.batch_size} / {num_devices} "
           f"device(s) = {batch.batch_size // num_devices})")
+  # The step kind, the mining backends and scope: the errors of their combinations.
+  tasks.make_plan(config, num_devices=num_devices)
 
   check.choice("optimizer.name", optimizers.OPTIMIZERS)
   check.number("optimizer.learning_rate", minimum=0.0, exclusive_minimum=True)

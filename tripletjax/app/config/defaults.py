@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   #     backward program (cached gradients), so memory holds one chunk of
   #     batch_size / (devices x model.forward_chunks) rows: batches larger than memory;
   #   "auto": "split" on a CPU with several devices for a loss that sorts rows, else "direct"
-  #     (train_step.resolve_train_step).
+  #     (step/plan.py decides, once per run: the execution plan).
   # All compute the same gradient, so a run may resume with another value.
   config.train_step = "auto"
 

@@ -18,6 +18,9 @@ from tripletjax.app import errors
 from tripletjax.app.config import defaults
 
 CONFIG_FILE = "config.json"
+# The key of config.json that records the execution plan of the run's last start (not a config
+# key: a resumed run may compute differently, e.g. on other devices).
+PLAN_KEY = "execution_plan"
 CHANGES_FILE = "config_changes.jsonl"
 
 # Dotted keys, or prefixes ending in ".", that a resumed run cannot change.
@@ -78,7 +81,9 @@ def read_recorded(workdir: str) -> dict | None:
     return None
   try:
     with open(path) as f:
-      return json.load(f)
+      recorded = json.load(f)
+    recorded.pop(PLAN_KEY, None)
+    return recorded
   except (OSError, ValueError) as error:
     raise errors.UserError(f"{path} cannot be read ({error})",
                            hint="restore the file, or start again with a new --workdir") from None
@@ -111,10 +116,14 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, t
 
 
 def record(config: ml_collections.ConfigDict, workdir: str, step: int,
-           changes: dict[str, tuple[Any, Any]]) -> None:
-  """Writes `config.json`; appends the allowed `changes` (if any) to `config_changes.jsonl`."""
+           changes: dict[str, tuple[Any, Any]], plan: dict | None = None) -> None:
+  """Writes `config.json` (with the execution `plan` under `PLAN_KEY`, if given); appends the
+  allowed `changes` (if any) to `config_changes.jsonl`."""
+  recorded = as_plain_dict(config)
+  if plan is not None:
+    recorded[PLAN_KEY] = plan
   with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+    json.dump(recorded, f, indent=2)
   if changes:
     with open(os.path.join(workdir, CHANGES_FILE), "a") as f:
       f.write(json.dumps({"step": step, "changes": {k: list(v) for k, v in changes.items()}})

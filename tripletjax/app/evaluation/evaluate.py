@@ -27,7 +27,7 @@ VALIDATION_METRICS = ("precision_at_1", "r_precision", "map_at_r")
 
 def _padded_batch_size(trainer: Trainer, batch_size: int) -> int:
   """`batch_size` rounded up to a multiple of devices x forward chunks."""
-  multiple = jax.device_count() * trainer.forward_chunks
+  multiple = jax.device_count() * trainer.plan.forward_chunks
   return -(-batch_size // multiple) * multiple
 
 

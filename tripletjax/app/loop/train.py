@@ -101,21 +101,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _run(config, workdir, changes, checkpoints, stop_signals) -> dict:
   """The body of `train_and_evaluate`: the task (data, loss, evaluation), then `_train`."""
   mesh = mesh_lib.make_mesh()
-
-  task = tasks.make_task(config)
+  plan = tasks.make_plan(config)  # How the run computes, decided once.
+  if jax.process_index() == 0:
+    print(plan.describe(), flush=True)
+  task = tasks.make_task(config, plan)
   try:
-    return _train(config, workdir, changes, checkpoints, stop_signals, mesh, task)
+    return _train(config, workdir, changes, checkpoints, stop_signals, mesh, plan, task)
   finally:
     task.close()
 
 
-def _train(config, workdir, changes, checkpoints, stop_signals, mesh, task) -> dict:
+def _train(config, workdir, changes, checkpoints, stop_signals, mesh, plan, task) -> dict:
   """The loop over the task's batches, its evaluations, and the final exports."""
   is_main = jax.process_index() == 0
   steps_per_epoch = task.steps_per_epoch
   total_steps = steps_per_epoch * config.num_epochs
-  trainer = train_step.build_trainer(config, task.input_shape, total_steps, mesh,
-                                     loss_fn=task.loss_fn, mining_scope=task.mining_scope,
+  trainer = train_step.build_trainer(config, task.input_shape, total_steps, mesh, plan,
+                                     loss_fn=task.loss_fn,
                                      single_device_loss_fn=task.single_device_loss_fn)
   meta = _restore(trainer, checkpoints, mesh)
   step = meta["step"] if meta else 0
@@ -128,7 +130,7 @@ def _train(config, workdir, changes, checkpoints, stop_signals, mesh, task) -> d
             f"in {checkpoints.directory}.")
     if changes:
       print(f"Config changes on resume: {resume.describe_changes(changes)}.")
-    resume.record(config, workdir, step, changes)
+    resume.record(config, workdir, step, changes, plan.record())
   # On resume, log lines written after the checkpoint by the interrupted run are dropped.
   keep_until_step = step if meta else None
   train_log = metric_logging.MetricLog(workdir, "metrics", keep_until_step, enabled=is_main)
@@ -230,7 +232,8 @@ def _train(config, workdir, changes, checkpoints, stop_signals, mesh, task) -> d
   final = dict(metrics)
   final.update(loss=config.loss.name, dataset=config.data.name, epochs=config.num_epochs,
                steps=step, train_seconds=train_seconds, skipped_steps=skipped_steps,
-               health_warnings=[warning.record() for warning in monitor.warnings])
+               health_warnings=[warning.record() for warning in monitor.warnings],
+               execution_plan=plan.record())
   if is_main:
     with open(os.path.join(workdir, "eval.json"), "w") as f:
       json.dump(final, f, indent=2)

@@ -1,12 +1,12 @@
 """The model, its optimizer and the compiled train step: forward, mined loss, Optax update.
 
 The direct train step is one jit-compiled function of (model, optimizer, images, labels). The
-state is replicated and the batch sharded over every device (`parallel`). The loss mines the
+state is replicated and the batch sharded over every device (`devices.mesh`). The loss mines the
 global batch as `config.loss.mining_scope` says (`tripletjax.sharded`): by default each device
 mines its own rows against the gathered embeddings of every device, so negatives come from the
 whole global batch and the loss is that of one device. `virtual_batch` splits the same step at
 the embeddings ("split", "recompute") and mines the global batch between two programs;
-`resolve_train_step` decides which step a run uses.
+the execution plan (`plan`) decides which step a run uses.
 """
 
 from __future__ import annotations
@@ -21,70 +21,30 @@ import ml_collections
 from flax import nnx
 
 from tripletjax import losses
-from tripletjax import mining
 from tripletjax import sharded
 from tripletjax.app import models
 from tripletjax.app.devices import mesh as mesh_lib
 from tripletjax.app.models import weights
 from tripletjax.app.step import optimizers
+from tripletjax.app.step import plan as plan_lib
 from tripletjax.app.step import virtual_batch
 
-# How a train step computes its gradient (`config.train_step`): "direct" in one program,
-# "split" / "recompute" in two programs with the loss between them (`virtual_batch`).
-TRAIN_STEPS = ("auto", "direct", *virtual_batch.SPLIT_STEPS)
-
-
-def make_loss_fn(loss_config: ml_collections.ConfigDict, *,
-                 single_device: bool = False) -> Callable:
+def make_loss_fn(loss_config: ml_collections.ConfigDict,
+                 mining_backend: str | None = None) -> Callable:
   """(labels, embeddings) -> (loss, stats) for the configured loss (`losses.MINED_LOSSES`).
 
-  With `single_device`, for a program known to run on one device (the split step's loss): a
-  sorting miner's "auto" backend is resolved for one device (`mining.resolve_backend`), NumPy
-  on the host on a CPU, XLA elsewhere, rather than for every device of the run.
+  Args:
+    loss_config: `config.loss`.
+    mining_backend: for a loss whose miner sorts rows, where it runs: the execution plan's
+      resolved backend for the program the loss runs in (`plan.ExecutionPlan.mining_backend`,
+      or `single_device_mining_backend` for the split steps' loss on one device). None keeps
+      `loss_config.mining_backend`.
   """
   loss = losses.MINED_LOSSES[loss_config.name]
   options = {name: loss_config[name] for name in loss.options}
-  if not (single_device and loss.sorts_rows):
-    return functools.partial(loss.fn, return_stats=True, **options)
-
-  def loss_on_one_device(labels, embeddings):
-    backend = mining.resolve_backend(options["mining_backend"], num_columns=labels.shape[0],
-                                     num_devices=1)
-    return loss.fn(labels, embeddings, return_stats=True, **{**options,
-                                                             "mining_backend": backend})
-  return loss_on_one_device
-
-
-def resolve_train_step(requested: str, loss_config: ml_collections.ConfigDict, *,
-                       platform: str | None = None, num_devices: int | None = None) -> str:
-  """The train step a run uses: "direct", "split" or "recompute"; the one place that decides.
-
-  "auto" is "split" where that lets a sorting miner run in NumPy instead of inside XLA: on the
-  CPU, with several devices, for a loss that sorts rows (semi-hard, batch-all) with the
-  "auto" or "numpy" mining backend, mined over the global batch. There the direct step must
-  sort inside XLA (a host callback in a program sharded over several CPU devices deadlocks),
-  which is several times slower than NumPy (benchmarks/RESULTS.md, "Split and virtual-batch
-  steps"). Everywhere else "auto" is "direct": one program, nothing copied to the host. The
-  split steps mine the whole global batch at once: they compute the "global" (or
-  "replicated") mining scope, never "local" (a config error, `config.checks`).
-
-  Args:
-    requested: one of `TRAIN_STEPS`.
-    loss_config: `config.loss`.
-    platform: where the model runs; default `jax.default_backend()`.
-    num_devices: the devices the batch is split over; default `jax.device_count()`.
-  """
-  if requested not in TRAIN_STEPS:
-    raise ValueError(f"Unknown train step {requested!r}; expected one of {TRAIN_STEPS}.")
-  if requested != "auto":
-    return requested
-  platform = jax.default_backend() if platform is None else platform
-  num_devices = jax.device_count() if num_devices is None else num_devices
-  loss = losses.MINED_LOSSES.get(loss_config.name)  # None: the pairs task's explicit loss.
-  sorts_in_numpy = (loss is not None and loss.sorts_rows
-                    and loss_config.mining_backend in ("auto", "numpy")
-                    and loss_config.mining_scope != "local")
-  return "split" if platform == "cpu" and num_devices > 1 and sorts_in_numpy else "direct"
+  if loss.sorts_rows and mining_backend is not None:
+    options["mining_backend"] = mining_backend
+  return functools.partial(loss.fn, return_stats=True, **options)
 
 
 def model_options(model_config: ml_collections.ConfigDict) -> dict:
@@ -110,8 +70,11 @@ class Trainer:
   optimizer: nnx.Optimizer
   train_step: Callable
   embed_fn: Callable
-  forward_chunks: int = 1
-  step_kind: str = "direct"  # What `resolve_train_step` chose.
+  plan: plan_lib.ExecutionPlan
+
+  @property
+  def step_kind(self) -> str:
+    return self.plan.step_kind
 
 
 def build_model(config, input_shape) -> nnx.Module:
@@ -127,37 +90,39 @@ def build_model(config, input_shape) -> nnx.Module:
   return model
 
 
-def build_trainer(config, input_shape, total_steps, mesh, loss_fn: Callable | None = None,
-                  mining_scope: str | None = None,
+def build_trainer(config, input_shape, total_steps, mesh,
+                  plan: plan_lib.ExecutionPlan | None = None, loss_fn: Callable | None = None,
                   single_device_loss_fn: Callable | None = None) -> Trainer:
   """The model and optimizer of `config`, replicated over `mesh`, and their jitted functions.
 
-  `loss_fn(labels, embeddings) -> (loss, stats)` defaults to the mined loss of `config.loss`.
-  `mining_scope` says how the loss of the batch sharded over the mesh is computed
-  (`tripletjax.sharded.MINING_SCOPES`): for the default loss, `config.loss.mining_scope`; a
-  given `loss_fn` need not know about devices, and by default ("replicated") every device
-  computes it on the gathered batch. `single_device_loss_fn`, the same loss for a program on
-  one device, is what the split steps (`virtual_batch`) compute between their two programs;
-  by default `loss_fn`, or the mined loss resolved for one device (`make_loss_fn`).
+  The step is the one `plan` says (default: `plan.make_plan(config)`, with the "replicated"
+  mining scope for a given `loss_fn`). `loss_fn(labels, embeddings) -> (loss, stats)` defaults
+  to the mined loss of `config.loss` with the plan's mining backend; the plan's mining scope
+  says how the loss of the batch sharded over the mesh is computed
+  (`tripletjax.sharded.MINING_SCOPES`): a given `loss_fn` need not know about devices.
+  `single_device_loss_fn`, the same loss for a program on one device, is what the split steps
+  (`virtual_batch`) compute between their two programs; by default `loss_fn`, or the mined
+  loss with the plan's single-device mining backend.
   Frozen parameters (`config.model.freeze_before`) are left out of the optimizer: they get no
   gradient, no optimizer state and no update.
   """
+  if plan is None:
+    plan = plan_lib.make_plan(config, mining_scope=None if loss_fn is None else "replicated")
   model = build_model(config, input_shape)
   tx, schedule = optimizers.make_optimizer(config.optimizer, total_steps)
   trainable = models.trainable_filter(model)
   optimizer = nnx.Optimizer(model, tx, wrt=trainable)
-  step_kind = resolve_train_step(config.train_step, config.loss)
   if loss_fn is None:
-    loss_fn, mining_scope = make_loss_fn(config.loss), config.loss.mining_scope
-    single_device_loss_fn = make_loss_fn(config.loss, single_device=True)
+    loss_fn = make_loss_fn(config.loss, plan.mining_backend)
+    single_device_loss_fn = make_loss_fn(config.loss, plan.single_device_mining_backend)
   single_device_loss_fn = single_device_loss_fn or loss_fn
-  loss_fn = sharded.sharded_loss(loss_fn, mesh, scope=mining_scope or "replicated",
+  loss_fn = sharded.sharded_loss(loss_fn, mesh, scope=plan.mining_scope,
                                  axis_name=mesh_lib.DATA_AXIS)
   replicated = mesh_lib.replicated(mesh)
   # The state lives replicated on every device of the mesh, like a restored checkpoint.
   state = nnx.state((model, optimizer))
   nnx.update((model, optimizer), mesh_lib.put_replicated(mesh, state))
-  num_chunks = config.model.forward_chunks
+  num_chunks = plan.forward_chunks
 
   @nnx.jit
   def direct_train_step(model, optimizer, images, labels):
@@ -184,17 +149,14 @@ def build_trainer(config, input_shape, total_steps, mesh, loss_fn: Callable | No
     return jax.lax.with_sharding_constraint(embeddings, replicated)
 
   train_step = direct_train_step
-  if step_kind in virtual_batch.SPLIT_STEPS:
-    if mining_scope == "local":
-      raise ValueError(f"The {step_kind!r} train step mines the whole global batch; it cannot "
-                       "mine each device's rows alone (mining scope 'local').")
+  if plan.is_split:
 
     def loss_and_spread(labels, embeddings):
       loss, stats = single_device_loss_fn(labels, embeddings)
       return loss, {**stats, "embedding_spread": embedding_spread(embeddings)}
     train_step = virtual_batch.SplitTrainStep(loss_and_spread, schedule, mesh, num_chunks,
-                                              trainable, recompute=step_kind == "recompute")
-  return Trainer(model, optimizer, train_step, embed_fn, num_chunks, step_kind)
+                                              trainable, recompute=plan.step_kind == "recompute")
+  return Trainer(model, optimizer, train_step, embed_fn, plan)
 
 
 def training_state(trainer: Trainer):

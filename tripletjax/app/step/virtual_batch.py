@@ -6,8 +6,8 @@ update. The split step computes the same gradient in three parts:
   1. embed (one program, sharded over the mesh): the embeddings [B, E] of the global batch;
   2. loss (between the programs, on one device of every process): the loss over the whole
      batch and its gradient d loss / d embeddings [B, E]. On a CPU the sorting miners run in
-     NumPy here (`train_step.make_loss_fn(..., single_device=True)`), even when the model runs
-     on several devices:
+     NumPy here (the execution plan's `single_device_mining_backend`), even when the model
+     runs on several devices:
      a host callback inside a program sharded over several CPU devices deadlocks XLA:CPU's
      collectives, so the direct step must sort inside XLA there, several times slower;
   3. update (one program, sharded): the backward pass of the model with that cotangent, the
@@ -56,9 +56,6 @@ from flax import nnx
 
 from tripletjax.app.devices import mesh as mesh_lib
 from tripletjax.app.step import optimizers
-
-# The ways to split a step at the embeddings (see the module docstring).
-SPLIT_STEPS = ("split", "recompute")
 
 
 def _embed_chunks(graphdef, params, rest, chunks, trainable):
@@ -179,8 +176,8 @@ class SplitTrainStep:
 
   Args:
     loss_fn: `(labels, embeddings) -> (loss, stats)` for a program on one device (e.g.
-      `train_step.make_loss_fn(config.loss, single_device=True)`), computed on the whole
-      global batch between the two programs.
+      `train_step.make_loss_fn(config.loss, plan.single_device_mining_backend)`), computed on
+      the whole global batch between the two programs.
     schedule: the optimizer's learning-rate schedule (for the logged learning rate).
     mesh: the mesh of `mesh.make_mesh`; the state is replicated over it.
     num_chunks: K, the chunks each device's rows are embedded in (`config.model.forward_chunks`).

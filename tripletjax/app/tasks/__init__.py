@@ -17,6 +17,7 @@ import ml_collections
 
 from tripletjax import losses
 from tripletjax.app.data import datasets
+from tripletjax.app.step import plan as plan_lib
 from tripletjax.app.tasks import base
 from tripletjax.app.tasks import labelled
 from tripletjax.app.tasks import pairs
@@ -27,21 +28,28 @@ class TaskSpec:
   """A kind of training data.
 
   Attributes:
-    build: task(config).
+    build: task(config, plan).
     losses: the valid config.loss.name values.
     data_names: the valid config.data.name values, prefixes as "prefix<...>".
+    rows_per_example: the rows of a batch per example of config.batch.batch_size.
+    mining_scope: how the loss is computed over the devices; None: config.loss.mining_scope.
   """
-  build: Callable[[ml_collections.ConfigDict], base.Task]
+  build: Callable[[ml_collections.ConfigDict, plan_lib.ExecutionPlan], base.Task]
   losses: tuple[str, ...]
   data_names: tuple[str, ...]
+  rows_per_example: int = 1
+  mining_scope: str | None = None
 
 
 TASKS: dict[str, TaskSpec] = {
     "labelled": TaskSpec(labelled.LabelledTask, tuple(losses.MINED_LOSSES),
                          tuple(datasets.dataset_names())),
+    # A batch of triplets (anchors, positives, negatives); the loss splits the whole batch
+    # into them, so every device computes it on the gathered batch (O(B), nothing to mine).
     "pairs": TaskSpec(pairs.PairTask, ("triplet",),
                       (f"{pairs.PAIRS_PREFIX}<folder or CSV>", f"{pairs.PAIRS_DEMO_PREFIX}<"
-                       f"{'|'.join(pairs.PAIR_DEMO_SOURCES)}>")),
+                       f"{'|'.join(pairs.PAIR_DEMO_SOURCES)}>"),
+                      rows_per_example=3, mining_scope="replicated"),
 }
 
 
@@ -54,6 +62,15 @@ def task_for(data_name) -> str:
   return "labelled"
 
 
-def make_task(config: ml_collections.ConfigDict) -> base.Task:
-  """The task of `config` (by config.data.name), with its data loaded."""
-  return TASKS[task_for(config.data.name)].build(config)
+def make_plan(config: ml_collections.ConfigDict, **devices) -> plan_lib.ExecutionPlan:
+  """The execution plan of `config`'s task (`plan.make_plan`; `devices`: its platform and
+  num_devices)."""
+  spec = TASKS[task_for(config.data.name)]
+  return plan_lib.make_plan(config, global_batch_size=spec.rows_per_example
+                            * config.batch.batch_size, mining_scope=spec.mining_scope, **devices)
+
+
+def make_task(config: ml_collections.ConfigDict, plan: plan_lib.ExecutionPlan) -> base.Task:
+  """The task of `config` (by config.data.name), with its data loaded, computing as `plan`
+  says."""
+  return TASKS[task_for(config.data.name)].build(config, plan)

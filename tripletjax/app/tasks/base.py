@@ -18,8 +18,8 @@ class Task(Protocol):
     input_shape: the [H, W, C] of an image.
     steps_per_epoch: train steps in an epoch.
     global_batch_size: the rows of a step's batch, over every process.
-    loss_fn: (labels, embeddings) -> (loss, stats), inside the compiled train step.
-    mining_scope: how `loss_fn` is computed over the devices (`tripletjax.sharded`).
+    loss_fn: (labels, embeddings) -> (loss, stats), inside the compiled train step, computed
+      over the devices as the execution plan's mining scope says (`tripletjax.sharded`).
     single_device_loss_fn: the same loss for a program on one device (the split steps of
       `step.virtual_batch` compute it between their two programs).
     description: what is trained, for the progress bar.
@@ -28,7 +28,6 @@ class Task(Protocol):
   steps_per_epoch: int
   global_batch_size: int
   loss_fn: Callable
-  mining_scope: str
   single_device_loss_fn: Callable
   description: str
 

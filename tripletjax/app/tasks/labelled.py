@@ -21,6 +21,7 @@ from tripletjax.app.data import samplers
 from tripletjax.app.evaluation import evaluate
 from tripletjax.app.outputs import exports
 from tripletjax.app.outputs import reports
+from tripletjax.app.step import plan as plan_lib
 from tripletjax.app.step import train_step
 
 
@@ -28,7 +29,7 @@ class LabelledTask:
   """Labelled images: a mined loss over class-labelled batches; retrieval on the test split
   (leave-one-out, or queries against a gallery), on unseen classes under a class split."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, plan: plan_lib.ExecutionPlan):
     self.config = config
     self.dataset = load_labelled_data(config)
     try:
@@ -49,11 +50,11 @@ class LabelledTask:
             "the metric-learning protocol fine-tunes an ImageNet-pretrained one (README, "
             "'Pretrained backbones')", file=sys.stderr, flush=True)
     self.steps_per_epoch = self.sampler.steps_per_epoch
-    self.global_batch_size = config.batch.batch_size
+    self.global_batch_size = plan.global_batch_size
     self.input_shape = tuple(self.dataset.train.images.shape[1:])
-    self.loss_fn = train_step.make_loss_fn(config.loss)
-    self.single_device_loss_fn = train_step.make_loss_fn(config.loss, single_device=True)
-    self.mining_scope = config.loss.mining_scope
+    self.loss_fn = train_step.make_loss_fn(config.loss, plan.mining_backend)
+    self.single_device_loss_fn = train_step.make_loss_fn(config.loss,
+                                                         plan.single_device_mining_backend)
     self.description = f"{config.loss.name} on {config.data.name}"
 
   def batches(self, epoch: int, start_step: int,

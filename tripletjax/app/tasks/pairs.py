@@ -26,6 +26,7 @@ from tripletjax.app.evaluation import evaluate
 from tripletjax.app.evaluation import pair_evaluation
 from tripletjax.app.outputs import exports
 from tripletjax.app.outputs import reports
+from tripletjax.app.step import plan as plan_lib
 
 PAIRS_PREFIX = "pairs:"
 PAIRS_DEMO_PREFIX = "pairs_demo:"
@@ -79,7 +80,7 @@ class PairTask:
   """Pairs of images that look alike: (anchor, positive, negative) triplets, the explicit
   triplet loss (squared L2), pair metrics on held-out pairs (`pair_evaluation`)."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, plan: plan_lib.ExecutionPlan):
     self.config = config
     data = config.data
     self.pairs = load_pairs(config)
@@ -106,13 +107,10 @@ class PairTask:
                                             config.batch.batch_size, config.seed)
     self.validation = pairs_lib.validation_triplets(validation, num_pairs, config.seed)
     self.steps_per_epoch = self.sampler.steps_per_epoch
-    self.global_batch_size = 3 * config.batch.batch_size  # Anchors, positives, negatives.
+    self.global_batch_size = plan.global_batch_size  # Anchors, positives, negatives.
     self.input_shape = (size, size, 3)
     self.loss_fn = functools.partial(_triplet_batch_loss, margin=config.loss.margin)
     self.single_device_loss_fn = self.loss_fn
-    # The loss splits the whole batch into anchors, positives and negatives: every device
-    # computes it on the gathered batch (it is O(B), nothing to mine).
-    self.mining_scope = "replicated"
     self.description = f"triplets of {len(self.train_pairs)} pairs"
     self.replaced_triplets = 0
     if config.model.weights is None and config.model.name.startswith("resnet"):
