@@ -93,9 +93,9 @@ def run_case(case: dict) -> dict:
   jax.config.update("jax_num_cpu_devices", case["devices"])
   import numpy as np
 
-  from tripletjax.app.config import checks
   from tripletjax.app.data import datasets
   from tripletjax.app.devices import mesh as mesh_lib
+  from tripletjax.app.loop import checks
   from tripletjax.app.step import train_step
 
   config = _load_config(case["config"], case["set"])

@@ -69,7 +69,7 @@ def run(argv: list[str]) -> None:
                                    _DISTRIBUTED.value)
   # Imported here: flag mistakes are reported before the trainer's imports (flax, orbax,
   # matplotlib: seconds) are made.
-  from tripletjax.app.config import checks
+  from tripletjax.app.loop import checks
   from tripletjax.app.loop import train
 
   # Orbax reports every step of every save at INFO level, JAX its backend search: keep the

@@ -12,8 +12,8 @@ from jax.sharding import PartitionSpec as P
 
 from tests.app.runs import tiny_config
 from tripletjax.app import models
-from tripletjax.app.config import checks
 from tripletjax.app.devices import mesh as mesh_lib
+from tripletjax.app.loop import checks
 
 
 def test_mesh_spans_every_device_on_the_data_axis():

@@ -12,8 +12,8 @@ import numpy as np
 
 from tests.app.runs import tiny_config
 from tests.subprocesses import run_on_devices
-from tripletjax.app.config import checks
 from tripletjax.app.devices import mesh as mesh_lib
+from tripletjax.app.loop import checks
 from tripletjax.app.step import train_step
 
 

@@ -37,11 +37,11 @@ def train_step_programs(batch_size: int) -> dict[str, np.ndarray]:
   from flax import nnx
 
   from benchmarks import compiled as compiled_lib
-  from tripletjax.app.config import checks
   from tripletjax.app.config import defaults
   from tripletjax.app.data import datasets
   from tripletjax.app.data import samplers
   from tripletjax.app.devices import mesh as mesh_lib
+  from tripletjax.app.loop import checks
   from tripletjax.app.step import train_step
 
   jax.config.update("jax_threefry_partitionable", False)  # As in the test session.

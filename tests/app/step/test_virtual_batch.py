@@ -85,10 +85,10 @@ def eight_device_results() -> dict[str, np.ndarray]:
   import jax
   from flax import nnx
 
-  from tripletjax.app.config import checks
   from tripletjax.app.data import datasets
   from tripletjax.app.data import samplers
   from tripletjax.app.devices import mesh as mesh_lib
+  from tripletjax.app.loop import checks
   from tripletjax.app.step import optimizers
   from tripletjax.app.step import virtual_batch
 

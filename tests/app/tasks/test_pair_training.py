@@ -15,10 +15,10 @@ import pytest
 from tests.subprocesses import REPO
 from tripletjax.app import errors
 from tripletjax.app import tasks
-from tripletjax.app.config import checks
 from tripletjax.app.config import defaults
 from tripletjax.app.data import pair_demo
 from tripletjax.app.data import pairs
+from tripletjax.app.loop import checks
 from tripletjax.app.loop import preemption
 from tripletjax.app.loop import train
 from tests.app.loop.test_train_resume import assert_same_run, count_train_steps, stop_after

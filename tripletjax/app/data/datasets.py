@@ -35,6 +35,7 @@ from typing import Callable
 import numpy as np
 
 from tripletjax.app import errors
+from tripletjax.app.config import checker
 from tripletjax.app.data import folders
 from tripletjax.app.data import images as images_lib
 from tripletjax.app.data import splits
@@ -679,3 +680,31 @@ def _subsample(split: Split, max_examples: int | None, seed: int, argument: str)
       for label, quota in zip(classes, quotas)])
   keep = np.sort(keep)  # The original order, as the full split has it.
   return split.take(keep)
+
+
+def check_config(check: checker.Checker) -> None:
+  """The keys of `config.data` every task reads the same way (`data.name` and `data.augment`
+  are the task's: `tasks.check_data_config`)."""
+  data_dir = check["data.data_dir"]
+  if data_dir is not None and (not isinstance(data_dir, str) or not data_dir):
+    check.fail("data.data_dir", "must be a folder path or None")
+  check.integer("data.max_train", 1, optional=True)
+  check.integer("data.max_test", 1, optional=True)
+  check.number("data.validation_fraction", minimum=0.0, below=1.0)
+  try:
+    splits.check_class_split(check["data.class_split"])
+  except ValueError as error:
+    check.fail("data.class_split", str(error))
+  check.integer("data.max_shift", 0)
+  check.integer("data.image_size", 1)
+  if check["data.image_channels"] not in (1, 3) or isinstance(check["data.image_channels"], bool):
+    check.fail("data.image_channels", "must be 1 (grey) or 3 (RGB)")
+  check.integer("data.eval_resize", check["data.image_size"], optional=True)
+  for key, low, high in (("data.crop_scale", 0.0, 1.0), ("data.crop_ratio", 0.0, math.inf)):
+    value = check[key]
+    if not (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(checker.is_number(v) for v in value) and low < value[0] <= value[1] <= high):
+      check.fail(key, f"must be (low, high) with {low:g} < low <= high <= {high:g}")
+  check.choice("data.unreadable", images_lib.UNREADABLE_POLICIES)
+  check.integer("data.decode_workers", 0)
+  check.integer("data.prefetch_batches", 1)

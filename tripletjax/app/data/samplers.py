@@ -16,6 +16,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from tripletjax.app.config import checker
+
 
 def _check_labels(labels) -> np.ndarray:
   labels = np.asarray(labels)
@@ -197,3 +199,16 @@ def make_sampler(kind: str, labels, *, batch_size: int | None,
   if kind not in SAMPLERS:
     raise ValueError(f"Unknown sampler {kind!r}; expected one of {tuple(SAMPLERS)}.")
   return SAMPLERS[kind](labels, batch_size, classes_per_batch, samples_per_class, seed)
+
+
+def check_config(check: checker.Checker) -> None:
+  """`config.batch`: the sampler and its sizes."""
+  check.choice("batch.sampler", SAMPLERS)
+  for key in ("batch.batch_size", "batch.classes_per_batch", "batch.samples_per_class"):
+    check.integer(key, 1)
+  batch = check.config.batch
+  if batch.sampler == "balanced" and (
+      batch.batch_size != batch.classes_per_batch * batch.samples_per_class):
+    check.fail("batch.batch_size",
+               f"must equal classes_per_batch x samples_per_class = {batch.classes_per_batch} x "
+               f"{batch.samples_per_class} for the balanced sampler")

@@ -16,9 +16,13 @@ from typing import Iterable
 import jax
 import numpy as np
 
+from tripletjax.app import errors
+from tripletjax.app.config import checker
 from tripletjax.app.data import images as images_lib
 from tripletjax.app.devices import mesh as mesh_lib
+from tripletjax.app.evaluation import faiss_index
 from tripletjax.app.evaluation import retrieval
+from tripletjax.app.evaluation import search
 from tripletjax.app.step.train_step import Trainer
 
 # Validation reports these leave-one-out metrics, as validation_<name>.
@@ -126,3 +130,16 @@ def evaluate(trainer, mesh, dataset, pipeline, eval_config, *, seed: int,
     metrics.update({f"validation_{name}": scores[name] for name in VALIDATION_METRICS})
     metrics["num_validation_classes"] = len(validation.classes)
   return metrics, test_embeddings
+
+
+def check_config(check: checker.Checker) -> None:
+  """`config.eval`: the k of recall@k and the neighbour search."""
+  ks = check["eval.recall_ks"]
+  if not (isinstance(ks, (tuple, list)) and ks
+          and all(checker.is_integer(k) and k >= 1 for k in ks)):
+    check.fail("eval.recall_ks", "must be a non-empty tuple of integers >= 1")
+  check.choice("eval.backend", search.SEARCH_BACKENDS)
+  if check["eval.backend"] == "faiss" and not faiss_index.available():
+    raise errors.MissingDependencyError(
+        "config.eval.backend='faiss': faiss is not installed", faiss_index.INSTALL_HINT)
+  check.integer("eval.faiss_min_size", 1)

@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 from flax import nnx
 
+from tripletjax.app.config import checker
+from tripletjax.app.models import resnet
 from tripletjax.app.models.cnn import HsuCNN, TFACNN
 from tripletjax.app.models.embedding import EmbeddingOutput, normalize_embeddings
 from tripletjax.app.models.resnet import ResNet, resnet18, resnet34, resnet50
@@ -93,6 +95,30 @@ def create_model(name: str, *, input_shape: tuple[int, int, int], embedding_dim:
                     **options)
 
 
+def check_config(check: checker.Checker) -> None:
+  """`config.model` (its `weights`: `weights.check_config`)."""
+  model_name = check["model.name"]
+  check.choice("model.name", MODELS)
+  check.integer("model.embedding_dim", 1)
+  check.integer("model.width", 1, optional=True)
+  check.number("model.dropout_rate", minimum=0.0, below=1.0, optional=True)
+  check.boolean("model.batch_norm", optional=True)
+  for key, valid in (("model.stem", resnet.STEMS), ("model.style", resnet.STYLES),
+                     ("model.preprocess", resnet.PREPROCESSING), ("model.head", resnet.HEADS),
+                     ("model.pooling", resnet.POOLINGS)):
+    if check[key] is not None:
+      check.choice(key, valid)
+  if check["model.freeze_before"] is not None and model_name in resnet.ARCHITECTURES:
+    stage_sizes, _ = resnet.ARCHITECTURES[model_name]
+    check.choice("model.freeze_before", resnet.part_names(stage_sizes)[1:])
+  accepted = MODELS[model_name].options
+  for option, value in check.config.model.items():
+    if option in OPTION_NAMES and value is not None and option not in accepted:
+      check.fail(f"model.{option}",
+                 f"model {model_name!r} has no such option; leave it None (its options: "
+                 f"{', '.join(sorted(accepted))})")
+
+
 __all__ = [
     "EmbeddingOutput",
     "HsuCNN",
@@ -100,6 +126,7 @@ __all__ = [
     "ModelSpec",
     "OPTION_NAMES",
     "ResNet",
+    "check_config",
     "TFACNN",
     "create_model",
     "normalize_embeddings",

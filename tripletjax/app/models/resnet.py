@@ -257,6 +257,37 @@ def _feature_map_size(size: int, stem: str, num_stages: int) -> int:
   return size
 
 
+def _check_options(input_shape: tuple[int, ...], stage_sizes: Sequence[int], **choices) -> None:
+  """Raises ValueError for a bad input shape, stage sizes or choice (block, style, ...)."""
+  if len(input_shape) != 3 or min(input_shape) < 1:
+    raise ValueError(f"input_shape must be (H, W, C) with positive sizes, got {input_shape}.")
+  valid = {"block": BLOCKS, "style": STYLES, "preprocess": PREPROCESSING, "head": HEADS,
+           "pooling": POOLINGS}
+  for what, value in choices.items():
+    if value not in valid[what]:
+      raise ValueError(f"Unknown {what} {value!r}; expected one of {tuple(valid[what])}.")
+  if not stage_sizes or min(stage_sizes) < 1:
+    raise ValueError(f"stage_sizes must be non-empty positive counts, got {stage_sizes}.")
+
+
+def _residual_blocks(stage_sizes: Sequence[int], block: str, width: int, *, bn_momentum: float,
+                     zero_init_residual: bool, layout: dict, rngs: nnx.Rngs):
+  """The residual blocks of every stage, in order, and the channels of the last one's output.
+  Stage i has `stage_sizes[i]` blocks of `width * 2**i` channels; stages after the first halve
+  the resolution in their first block."""
+  block_class = BasicBlock if block == "basic" else BottleneckBlock
+  blocks = []
+  channels_in = width
+  for stage_index, num_blocks in enumerate(stage_sizes):
+    stage_channels = width * 2**stage_index
+    for block_index in range(num_blocks):
+      strides = 2 if stage_index > 0 and block_index == 0 else 1
+      blocks.append(block_class(channels_in, stage_channels, strides, bn_momentum=bn_momentum,
+                                zero_init_residual=zero_init_residual, style=layout, rngs=rngs))
+      channels_in = stage_channels * block_class.expansion
+  return blocks, channels_in
+
+
 class ResNet(nnx.Module):
   """ResNet embedding model for 28x28 up to 224x224 images.
 
@@ -299,15 +330,8 @@ class ResNet(nnx.Module):
       rngs: `nnx.Rngs` with a `params` stream.
     """
     input_shape = tuple(int(size) for size in input_shape)
-    if len(input_shape) != 3 or min(input_shape) < 1:
-      raise ValueError(f"input_shape must be (H, W, C) with positive sizes, got {input_shape}.")
-    for value, valid, what in ((block, BLOCKS, "block"), (style, STYLES, "style"),
-                               (preprocess, PREPROCESSING, "preprocess"), (head, HEADS, "head"),
-                               (pooling, POOLINGS, "pooling")):
-      if value not in valid:
-        raise ValueError(f"Unknown {what} {value!r}; expected one of {tuple(valid)}.")
-    if not stage_sizes or min(stage_sizes) < 1:
-      raise ValueError(f"stage_sizes must be non-empty positive counts, got {stage_sizes}.")
+    _check_options(input_shape, stage_sizes, block=block, style=style, preprocess=preprocess,
+                   head=head, pooling=pooling)
     self.input_shape = input_shape
     self.in_channels = input_shape[-1]
     self.stem = resolve_stem(stem, input_shape)
@@ -317,23 +341,13 @@ class ResNet(nnx.Module):
     self.pooling = pooling
     layout = STYLES[style]
 
-    if self.stem == "small":
-      self.stem_conv = _conv(self.in_channels, width, 3, 1, rngs, layout["conv_bias"])
-    else:
-      self.stem_conv = _conv(self.in_channels, width, 7, 2, rngs, layout["conv_bias"])
+    kernel, stride = (3, 1) if self.stem == "small" else (7, 2)
+    self.stem_conv = _conv(self.in_channels, width, kernel, stride, rngs, layout["conv_bias"])
     self.stem_norm = _batch_norm(width, bn_momentum, rngs, epsilon=layout["bn_epsilon"])
 
-    block_class = BasicBlock if block == "basic" else BottleneckBlock
-    blocks = []
-    channels_in = width
-    for stage_index, num_blocks in enumerate(stage_sizes):
-      stage_channels = width * 2**stage_index
-      for block_index in range(num_blocks):
-        strides = 2 if stage_index > 0 and block_index == 0 else 1
-        blocks.append(block_class(channels_in, stage_channels, strides, bn_momentum=bn_momentum,
-                                  zero_init_residual=zero_init_residual, style=layout,
-                                  rngs=rngs))
-        channels_in = stage_channels * block_class.expansion
+    blocks, channels_in = _residual_blocks(
+        stage_sizes, block, width, bn_momentum=bn_momentum,
+        zero_init_residual=zero_init_residual, layout=layout, rngs=rngs)
     self.blocks = nnx.List(blocks)
     self.num_features = channels_in
     if pooling == "flatten":
@@ -344,6 +358,11 @@ class ResNet(nnx.Module):
       self.dense = nnx.Linear(self.num_features, embedding_dim, rngs=rngs)
     else:
       self.head = _MLPHead(self.num_features, embedding_dim, bn_momentum=bn_momentum, rngs=rngs)
+    self._freeze(freeze_before)
+
+  def _freeze(self, freeze_before: str | None) -> None:
+    """Freezes every part before `freeze_before` (None: nothing); their BatchNorms then use
+    their running averages in both modes."""
     self.freeze_before = freeze_before
     self._frozen_until = (0, 0)  # (stage, block) of the first trainable part.
     if freeze_before is not None:

@@ -37,6 +37,8 @@ import numpy as np
 from flax import nnx
 
 from tripletjax.app import errors
+from tripletjax.app.config import checker
+from tripletjax.app.models import resnet
 
 # Keys of this project's layout are `nnx.state` paths joined by "/", e.g. "blocks/3/conv1/kernel";
 # an `.npz` file also records the layout and preprocessing its weights expect.
@@ -510,6 +512,25 @@ def convert_file(source: str, destination: str, embedding_dim: int = 8) -> str:
 def _one_line(error: BaseException) -> str:
   text = " ".join(str(error).split()) or type(error).__name__
   return text if len(text) <= 300 else text[:297] + "..."
+
+
+def check_config(check: checker.Checker) -> None:
+  """`config.model.weights`: a readable file of a known format, for a ResNet."""
+  weights_path, model_name = check["model.weights"], check["model.name"]
+  if weights_path is None:
+    return
+  if model_name not in resnet.ARCHITECTURES:
+    check.fail("model.weights",
+               f"pretrained weights load into ResNets ({', '.join(resnet.ARCHITECTURES)}), not "
+               f"into {model_name!r}")
+  if not isinstance(weights_path, str) or not os.path.isfile(weights_path):
+    check.fail("model.weights", "no such file",
+               "nothing is downloaded at run time; the README's 'Pretrained backbones' says "
+               "where to get the files")
+  try:
+    find_format(weights_path)
+  except errors.UserError as error:
+    raise errors.ConfigError(f"config.model.weights={weights_path!r}: {error}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

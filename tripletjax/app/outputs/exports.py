@@ -24,6 +24,8 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
+from tripletjax.app.config import checker
+
 DPI = 100
 # The TensorBoard Embedding Projector loads sprites of at most 8192 x 8192 pixels.
 MAX_SPRITE_SIZE = 8192
@@ -205,6 +207,28 @@ def _projector_config(sprite_dims: tuple[int, int] | None) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _sprite_images(embeddings, labels, images):
+  """(embeddings, labels, uint8 thumbnails or None, thumbnail size or None), cut to the
+  examples an 8192 x 8192 sprite holds (with a warning)."""
+  if images is None:
+    return embeddings, labels, None, None
+  images = np.asarray(images)
+  if images.shape[0] != embeddings.shape[0]:
+    raise ValueError(
+        f"images has {images.shape[0]} entries but embeddings has {embeddings.shape[0]} rows.")
+  uint8_images = _to_uint8_images(images)
+  sprite_dims = _thumbnail_size(*uint8_images.shape[1:3])
+  capacity = max_sprite_images(*sprite_dims)
+  if embeddings.shape[0] > capacity:
+    warnings.warn(
+        f"{embeddings.shape[0]} examples do not fit an 8192 x 8192 sprite of "
+        f"{sprite_dims[0]} x {sprite_dims[1]} thumbnails; writing only the first {capacity}.",
+        stacklevel=3)
+    embeddings, labels, uint8_images = (
+        embeddings[:capacity], labels[:capacity], uint8_images[:capacity])
+  return embeddings, labels, uint8_images, sprite_dims
+
+
 def write_projector_files(
     out_dir,
     embeddings,
@@ -240,24 +264,7 @@ def write_projector_files(
   embeddings, labels = _check_embeddings_and_labels(embeddings, labels)
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
-
-  sprite_dims = None
-  uint8_images = None
-  if images is not None:
-    images = np.asarray(images)
-    if images.shape[0] != embeddings.shape[0]:
-      raise ValueError(
-          f"images has {images.shape[0]} entries but embeddings has {embeddings.shape[0]} rows.")
-    uint8_images = _to_uint8_images(images)
-    sprite_dims = _thumbnail_size(*uint8_images.shape[1:3])
-    capacity = max_sprite_images(*sprite_dims)
-    if embeddings.shape[0] > capacity:
-      warnings.warn(
-          f"{embeddings.shape[0]} examples do not fit an 8192 x 8192 sprite of "
-          f"{sprite_dims[0]} x {sprite_dims[1]} thumbnails; writing only the first {capacity}.",
-          stacklevel=2)
-      embeddings, labels, uint8_images = (
-          embeddings[:capacity], labels[:capacity], uint8_images[:capacity])
+  embeddings, labels, uint8_images, sprite_dims = _sprite_images(embeddings, labels, images)
 
   paths = {
       "vecs": os.path.join(out_dir, "vecs.tsv"),
@@ -526,6 +533,24 @@ def _format_value(value) -> str:
   return f"{float(value):.4f}"
 
 
+def _figure_lines(workdir: str, figures: Sequence[str]) -> list[str]:
+  """The report's lines for `figures` (paths absolute or relative to `workdir`): each linked
+  relative to `workdir`, or listed as missing."""
+  if not figures:
+    return ["(none)", ""]
+  lines = []
+  for figure_path in figures:
+    figure_path = os.fspath(figure_path)
+    absolute = figure_path if os.path.isabs(figure_path) else os.path.join(workdir, figure_path)
+    relative = os.path.relpath(absolute, workdir).replace(os.sep, "/")
+    name = os.path.splitext(os.path.basename(figure_path))[0]
+    if os.path.exists(absolute):
+      lines += [f"![{name}]({relative})", ""]
+    else:
+      lines += [f"- {name}: missing (`{relative}`)", ""]
+  return lines
+
+
 def write_report(
     workdir,
     *,
@@ -555,18 +580,7 @@ def write_report(
   if notes:
     lines += [notes.rstrip(), ""]
 
-  lines += ["## Figures", ""]
-  if not figures:
-    lines += ["(none)", ""]
-  for figure_path in figures:
-    figure_path = os.fspath(figure_path)
-    absolute = figure_path if os.path.isabs(figure_path) else os.path.join(workdir, figure_path)
-    relative = os.path.relpath(absolute, workdir).replace(os.sep, "/")
-    name = os.path.splitext(os.path.basename(figure_path))[0]
-    if os.path.exists(absolute):
-      lines += [f"![{name}]({relative})", ""]
-    else:
-      lines += [f"- {name}: missing (`{relative}`)", ""]
+  lines += ["## Figures", ""] + _figure_lines(workdir, figures)
 
   lines += ["## Final metrics", "", "| metric | value |", "| --- | --- |"]
   lines += [f"| {name} | {_format_value(value)} |"
@@ -587,3 +601,9 @@ def write_report(
   with open(report_path, "w", encoding="utf-8") as report_file:
     report_file.write("\n".join(lines))
   return report_path
+
+
+def check_config(check: checker.Checker) -> None:
+  """`config.export`."""
+  check.integer("export.projector_max_points", 1)
+  check.boolean("export.pca_every_eval")

@@ -30,6 +30,8 @@ import dataclasses
 import math
 from typing import Iterable
 
+from tripletjax.app.config import checker
+
 # An embedding spread below this counts as collapsed (mean pairwise squared distance below
 # 0.02: typical distances under ~0.14, where unit vectors can be up to 2 apart).
 SPREAD_TOLERANCE = 0.01
@@ -224,3 +226,9 @@ class MiningMonitor:
     lines = ["Mining health warnings:", ""]
     lines += [f"- **{warning.kind}** at {warning}" for warning in self.warnings]
     return "\n".join(lines)
+
+
+def check_config(check: checker.Checker) -> None:
+  """`config.monitor`."""
+  check.boolean("monitor.enabled")
+  check.integer("monitor.patience_steps", 1)

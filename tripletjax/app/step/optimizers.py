@@ -11,6 +11,8 @@ import ml_collections
 import optax
 from flax import nnx
 
+from tripletjax.app.config import checker
+
 # name -> schedule(optimizer config, total steps).
 SCHEDULES: dict[str, Callable[[ml_collections.ConfigDict, int], optax.Schedule]] = {
     "constant": lambda opt, total_steps: optax.constant_schedule(opt.learning_rate),
@@ -84,3 +86,14 @@ def update_if_finite(model: nnx.Module, optimizer: nnx.Optimizer, gradient, loss
   nnx.update((model, optimizer),
              jax.tree.map(lambda new, old: jnp.where(finite, new, old), after, before))
   return finite
+
+
+def check_config(check: checker.Checker) -> None:
+  """`config.optimizer`."""
+  check.choice("optimizer.name", OPTIMIZERS)
+  check.number("optimizer.learning_rate", minimum=0.0, exclusive_minimum=True)
+  check.choice("optimizer.schedule", SCHEDULES)
+  check.integer("optimizer.warmup_steps", 0)
+  check.number("optimizer.weight_decay", minimum=0.0)
+  check.number("optimizer.momentum", minimum=0.0, below=1.0)
+  check.number("optimizer.grad_clip_norm", minimum=0.0)

@@ -26,6 +26,7 @@ import ml_collections
 from tripletjax import losses
 from tripletjax import mining
 from tripletjax.app import errors
+from tripletjax.app.config import checker
 
 # How a train step computes its gradient: "direct" in one program, "split" / "recompute" in
 # two programs with the loss between them (`virtual_batch`).
@@ -82,6 +83,23 @@ class ExecutionPlan:
   def record(self) -> dict:
     """The plan as JSON types."""
     return dataclasses.asdict(self)
+
+
+def check_config(check: checker.Checker, num_devices: int) -> None:
+  """`config.train_step`, and the batch and forward chunks over `num_devices` devices (the
+  errors of a step kind's combinations: `make_plan`)."""
+  check.choice("train_step", TRAIN_STEP_CHOICES)
+  batch_size = check["batch.batch_size"]
+  if batch_size % num_devices:
+    check.fail("batch.batch_size",
+               f"must be a multiple of the {num_devices} devices the batch is split over",
+               "on a CPU-only machine --cpu_devices sets the number of devices")
+  check.integer("model.forward_chunks", 1)
+  chunks = check["model.forward_chunks"]
+  if batch_size % (chunks * num_devices):
+    check.fail("model.forward_chunks",
+               f"must divide the batch size per device ({batch_size} / {num_devices} "
+               f"device(s) = {batch_size // num_devices})")
 
 
 def _step_kind(requested: str, sorts_rows: bool, backend: str, scope: str, platform: str,

@@ -90,6 +90,42 @@ def build_model(config, input_shape) -> nnx.Module:
   return model
 
 
+def _direct_train_step(loss_fn, schedule, trainable, num_chunks: int, replicated) -> Callable:
+  """The direct step: forward, `loss_fn` of the sharded batch, backward and update, one program.
+  """
+
+  @nnx.jit
+  def direct_train_step(model, optimizer, images, labels):
+    before = optimizers.state_before_update(model, optimizer)
+
+    def objective(model):
+      output = mesh_lib.apply_in_chunks(model, images, num_chunks)
+      loss, stats = loss_fn(labels, output.embeddings)
+      return loss, (stats, output.norms, embedding_spread(output.embeddings))
+    (loss, (stats, norms, spread)), grads = nnx.value_and_grad(
+        objective, argnums=nnx.DiffState(0, trainable), has_aux=True)(model)
+    # A step with a non-finite loss or gradient leaves the state (BatchNorm statistics
+    # included) as it was; the loop stops on it, or skips it with optimizer.skip_nonfinite.
+    learning_rate = schedule(optimizer.step.value)  # This step's.
+    finite = optimizers.update_if_finite(model, optimizer, grads, loss, before)
+    metrics = {"loss": loss, "embedding_norm": jnp.mean(norms), "embedding_spread": spread,
+               "learning_rate": learning_rate,
+               "nonfinite": jnp.logical_not(finite).astype(jnp.int32), **stats}
+    return jax.lax.with_sharding_constraint(metrics, replicated)
+  return direct_train_step
+
+
+def _split_train_step(single_device_loss_fn, schedule, mesh, trainable,
+                      plan: plan_lib.ExecutionPlan) -> virtual_batch.SplitTrainStep:
+  """The split step (`virtual_batch`): the loss on one device between two programs."""
+
+  def loss_and_spread(labels, embeddings):
+    loss, stats = single_device_loss_fn(labels, embeddings)
+    return loss, {**stats, "embedding_spread": embedding_spread(embeddings)}
+  return virtual_batch.SplitTrainStep(loss_and_spread, schedule, mesh, plan.forward_chunks,
+                                      trainable, recompute=plan.step_kind == "recompute")
+
+
 def build_trainer(config, input_shape, total_steps, mesh,
                   plan: plan_lib.ExecutionPlan | None = None, loss_fn: Callable | None = None,
                   single_device_loss_fn: Callable | None = None) -> Trainer:
@@ -125,37 +161,14 @@ def build_trainer(config, input_shape, total_steps, mesh,
   num_chunks = plan.forward_chunks
 
   @nnx.jit
-  def direct_train_step(model, optimizer, images, labels):
-    before = optimizers.state_before_update(model, optimizer)
-
-    def objective(model):
-      output = mesh_lib.apply_in_chunks(model, images, num_chunks)
-      loss, stats = loss_fn(labels, output.embeddings)
-      return loss, (stats, output.norms, embedding_spread(output.embeddings))
-    (loss, (stats, norms, spread)), grads = nnx.value_and_grad(
-        objective, argnums=nnx.DiffState(0, trainable), has_aux=True)(model)
-    # A step with a non-finite loss or gradient leaves the state (BatchNorm statistics
-    # included) as it was; the loop stops on it, or skips it with optimizer.skip_nonfinite.
-    learning_rate = schedule(optimizer.step.value)  # This step's.
-    finite = optimizers.update_if_finite(model, optimizer, grads, loss, before)
-    metrics = {"loss": loss, "embedding_norm": jnp.mean(norms), "embedding_spread": spread,
-               "learning_rate": learning_rate,
-               "nonfinite": jnp.logical_not(finite).astype(jnp.int32), **stats}
-    return jax.lax.with_sharding_constraint(metrics, replicated)
-
-  @nnx.jit
   def embed_fn(model, images):
     embeddings = mesh_lib.apply_in_chunks(model, images, num_chunks).embeddings
     return jax.lax.with_sharding_constraint(embeddings, replicated)
 
-  train_step = direct_train_step
   if plan.is_split:
-
-    def loss_and_spread(labels, embeddings):
-      loss, stats = single_device_loss_fn(labels, embeddings)
-      return loss, {**stats, "embedding_spread": embedding_spread(embeddings)}
-    train_step = virtual_batch.SplitTrainStep(loss_and_spread, schedule, mesh, num_chunks,
-                                              trainable, recompute=plan.step_kind == "recompute")
+    train_step = _split_train_step(single_device_loss_fn, schedule, mesh, trainable, plan)
+  else:
+    train_step = _direct_train_step(loss_fn, schedule, trainable, num_chunks, replicated)
   return Trainer(model, optimizer, train_step, embed_fn, plan)
 
 

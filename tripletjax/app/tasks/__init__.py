@@ -16,6 +16,11 @@ from typing import Callable
 import ml_collections
 
 from tripletjax import losses
+from tripletjax import mining
+from tripletjax import sharded
+from tripletjax import validation
+from tripletjax.app.config import checker
+from tripletjax.app.config import defaults
 from tripletjax.app.data import datasets
 from tripletjax.app.step import plan as plan_lib
 from tripletjax.app.tasks import base
@@ -74,3 +79,34 @@ def make_task(config: ml_collections.ConfigDict, plan: plan_lib.ExecutionPlan) -
   """The task of `config` (by config.data.name), with its data loaded, computing as `plan`
   says."""
   return TASKS[task_for(config.data.name)].build(config, plan)
+
+
+def check_data_config(check: checker.Checker) -> None:
+  """`config.data.name`, and the keys its task reads its own way (`data.augment`, ...)."""
+  if task_for(check["data.name"]) == "labelled":
+    labelled.check_config(check, TASKS["pairs"].data_names,
+                          (pairs.PAIRS_PREFIX, pairs.PAIRS_DEMO_PREFIX))
+  else:
+    pairs.check_config(check)
+
+
+def check_loss_config(check: checker.Checker) -> None:
+  """`config.loss`: one of the task's losses, with the options it takes."""
+  config = check.config
+  check.choice("loss.name", TASKS[task_for(config.data.name)].losses)
+  check.number("loss.margin", minimum=0.0)
+  check.choice("loss.metric", validation.METRICS)
+  check.boolean("loss.soft")
+  check.choice("loss.mining_backend", mining.BACKENDS)
+  check.choice("loss.mining_scope", sharded.MINING_SCOPES)
+  # An option of another loss set away from its default would be silently ignored.
+  mined = losses.MINED_LOSSES.get(config.loss.name)
+  loss_options = mined.options if mined else ("margin",)
+  # Every mined loss can be mined over the devices in any scope; the pairs task's loss cannot.
+  scoped = ("mining_scope",) if mined else ()
+  default_loss = defaults.get_config().loss
+  for option, value in config.loss.items():
+    if option not in ("name", *scoped, *loss_options) and value != default_loss[option]:
+      check.fail(f"loss.{option}",
+                 f"loss {config.loss.name!r} has no such option (its options: "
+                 f"{', '.join(loss_options)}); leave it at {default_loss[option]!r}")

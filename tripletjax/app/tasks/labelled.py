@@ -6,6 +6,7 @@ Data names: digits, fashion_mnist, mnist, tfds:..., folder:... (`data.datasets`)
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from typing import Iterator
@@ -14,6 +15,8 @@ import ml_collections
 import numpy as np
 
 from tripletjax.app import errors
+from tripletjax.app.config import checker
+from tripletjax.app.data import augmentations
 from tripletjax.app.data import datasets
 from tripletjax.app.data import images as images_lib
 from tripletjax.app.data import pipeline as pipeline_lib
@@ -123,3 +126,21 @@ def _unreadable_files(dataset: datasets.Dataset) -> dict[str, str]:
     if split is not None and images_lib.is_lazy(split.images):
       return dict(sorted(split.images.decoder.unreadable.items()))
   return {}
+
+
+def check_config(check: checker.Checker, other_names: tuple[str, ...],
+                 other_prefixes: tuple[str, ...]) -> None:
+  """`config.data.name` of labelled images, and `data.augment` (in-memory images or files).
+  `other_names`, `other_prefixes`: the data names of the other tasks, for the error."""
+  name = check["data.name"]
+  try:
+    datasets.find_loader(name)
+  except errors.DataError:
+    close = difflib.get_close_matches(str(name), [*datasets.DATASETS, *other_prefixes], n=1)
+    valid = ", ".join([*datasets.dataset_names(), *other_names])
+    check.fail("data.name", f"must be one of {valid}",
+               f"did you mean {close[0]!r}?" if close else None)
+  if isinstance(name, str) and name.startswith(datasets.FOLDER_PREFIX):
+    check.choice("data.augment", augmentations.FILE_AUGMENTATIONS)
+  else:
+    check.choice("data.augment", augmentations.AUGMENTATIONS)

@@ -19,6 +19,7 @@ import numpy as np
 
 from tripletjax import losses
 from tripletjax.app import errors
+from tripletjax.app.config import checker
 from tripletjax.app.data import images as images_lib
 from tripletjax.app.data import pair_demo
 from tripletjax.app.data import pairs as pairs_lib
@@ -229,3 +230,18 @@ class PairTask:
 
   def close(self) -> None:
     self.decoder.close()
+
+
+def check_config(check: checker.Checker) -> None:
+  """`config.data.name` of pairs, and the data and batch keys a pair task reads its own way."""
+  name = check["data.name"]
+  if name.startswith(PAIRS_DEMO_PREFIX):
+    check.choice("data.name", [PAIRS_DEMO_PREFIX + source for source in PAIR_DEMO_SOURCES])
+  elif name == PAIRS_PREFIX:
+    check.fail("data.name", "must name a pair folder or CSV file after 'pairs:'")
+  check.number("data.validation_fraction", minimum=0.0, exclusive_minimum=True, below=1.0)
+  check.choice("data.augment", PAIR_AUGMENTATIONS)
+  check.choice("batch.sampler", ["shuffled"])
+  if check["data.class_split"] != "none":
+    check.fail("data.class_split",
+               "must be 'none' for pairs (a pair's two images are its only class)")

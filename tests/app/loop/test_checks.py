@@ -11,8 +11,8 @@ from tests import subprocesses
 from tests.app import runs
 from tripletjax import losses
 from tripletjax.app import errors
-from tripletjax.app.config import checks
 from tripletjax.app.config import defaults
+from tripletjax.app.loop import checks
 
 
 def config_with(key: str, value):
