@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -64,7 +65,10 @@ def test_every_part_runs_and_is_reported_without_the_app_dependencies(smoke):
     assert result["items"], part
     assert f"## {part}: ok" in report
   environment = results["parts"]["environment"]["items"][0]
-  assert environment["device_count"] >= 1 and environment["packages"]["flax"]
+  # The check's processes see the devices of this one (same platform, same XLA_FLAGS).
+  assert (environment["backend"], environment["device_count"]) == (jax.default_backend(),
+                                                                    jax.device_count())
+  assert environment["packages"]["flax"]
   # The blocker was in force in the check's processes.
   assert not any(environment["packages"][name] for name in ABSENT if name in
                  environment["packages"]), environment["packages"]
