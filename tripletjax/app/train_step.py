@@ -171,7 +171,7 @@ def build_trainer(config, input_shape, total_steps, mesh, loss_fn: Callable | No
         objective, argnums=nnx.DiffState(0, trainable), has_aux=True)(model)
     # A step with a non-finite loss or gradient leaves the state (BatchNorm statistics
     # included) as it was; the loop stops on it, or skips it with optimizer.skip_nonfinite.
-    learning_rate = schedule(optimizer.step.value)  # This step's.
+    learning_rate = schedule(optimizer.step[...])  # This step's.
     finite = optimizers.update_if_finite(model, optimizer, grads, loss, before)
     metrics = {"loss": loss, "embedding_norm": jnp.mean(norms), "embedding_spread": spread,
                "learning_rate": learning_rate,
