@@ -33,7 +33,7 @@ def test_end_to_end_writes_every_export_and_compares_sibling_runs(tmp_path):
   for name in ["eval.json", "report.md", "metrics.jsonl", "eval.jsonl", "config.json",
                "projector/vecs.tsv", "projector/meta.tsv", "projector/projector_config.pbtxt"]:
     assert (workdir / name).exists(), name
-  for name in ["projector/sprite.png", "plots/training_curves.png", "plots/eval_history.png",
+  for name in ["plots/training_curves.png", "plots/eval_history.png",
                "plots/pca_2d_epoch002.png", "plots/pca_3d_epoch002.png"]:
     with Image.open(workdir / name) as image:
       assert image.format == "PNG" and min(image.size) > 100, (name, image.size)
@@ -64,6 +64,8 @@ def test_end_to_end_writes_every_export_and_compares_sibling_runs(tmp_path):
   assert plotted == [(record["step"], record["loss"]) for record in records]
   vecs = (workdir / "projector" / "vecs.tsv").read_text().strip().splitlines()
   assert len(vecs) == 100 and len(vecs[0].split("\t")) == 16
+  with Image.open(workdir / "projector" / "sprite.png") as sprite:  # 10 x 10 digits of 8 x 8.
+    assert sprite.size == (80, 80), sprite.size
   # The evaluation history plots the evaluations' precision@1; the PCA plot every test embedding.
   with open(workdir / "plots" / "eval_history.csv", newline="") as history:
     plotted = [(float(row["x"]), float(row["y"])) for row in csv.DictReader(history)
