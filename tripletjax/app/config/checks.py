@@ -218,7 +218,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
             f"into {model_name!r}")
     if not isinstance(weights_path, str) or not os.path.isfile(weights_path):
       _fail("model.weights", weights_path, "no such file",
-            "nothing is downloaded at run time; the README's 'Pretrained backbones' says "
+            "nothing is downloaded at run time; docs/pretrained-backbones.md says "
             "where to get the files")
     try:
       weights.find_format(weights_path)
