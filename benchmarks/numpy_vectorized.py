@@ -1,5 +1,10 @@
 """Vectorised NumPy versions of the mined losses, with analytic gradients: the benchmark baseline.
 
+Why not the package's host miner (`tripletjax.mining.host`, `mining.keys`): the baseline is
+what a NumPy user would write without `tripletjax`, and a second, independent implementation
+for the tests to compare with; its own algorithms (one binary search over all rows, 32-bit
+batch-all keys) are described below.
+
 `benchmarks.miners` times `tripletjax.losses` against these functions, which are the fastest
 formulation we could write in plain NumPy (no autodiff, no compiled extensions), and against
 the loop reference `tripletjax.reference`. They compute the same losses as the JAX package, with

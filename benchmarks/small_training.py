@@ -2,11 +2,13 @@
 
 The scaling benchmark times this step on 1, 2, 4, 8 devices, and the accelerator check trains
 with it on machines that have JAX with CUDA, Flax and Optax but not the application's other
-dependencies (ml_collections, tqdm, tensorboardX, scikit-learn). It is the application's step
-(`tripletjax.app.step.train_step`) without its config, metrics and non-finite guard: the model of
-`tripletjax.app.models`, the batch sharded over a mesh (`tripletjax.app.devices.mesh`), the loss
-mined as `tripletjax.sharded` says, an Optax update; evaluation is leave-one-out precision@1
-by cosine similarity, as in `tripletjax.app.evaluation.retrieval`.
+dependencies (ml_collections, tqdm, tensorboardX, scikit-learn). Why not the application's step
+(`tripletjax.app.step.train_step.build_trainer`): it is built from an ml_collections config,
+which such a machine lacks. This is that step without its config, metrics and non-finite
+guard: the model of `tripletjax.app.models`, the batch sharded over a mesh
+(`tripletjax.app.devices.mesh`), the loss mined as `tripletjax.sharded` says, an Optax update.
+Evaluation is the application's own leave-one-out precision@1
+(`tripletjax.app.evaluation.retrieval`, NumPy only).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import time
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -27,6 +28,7 @@ from jax.sharding import PartitionSpec as P
 import tripletjax
 from tripletjax.app import models
 from tripletjax.app.devices import mesh as mesh_lib
+from tripletjax.app.evaluation import retrieval
 
 AXIS = mesh_lib.DATA_AXIS
 
@@ -89,21 +91,6 @@ def build(mesh, *, input_shape, model_name: str = "hsu_cnn", embedding_dim: int 
   return Trainer(model, optimizer, step, embed)
 
 
-def precision_at_1(embeddings: np.ndarray, labels: np.ndarray, chunk: int = 1024) -> float:
-  """Leave-one-out precision@1 with cosine similarity (ties: the lowest index)."""
-  x = jnp.asarray(embeddings, jnp.float32)
-  x = x / jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-  labels = np.asarray(labels)
-  hits = 0
-  for start in range(0, len(labels), chunk):
-    rows = jnp.arange(start, min(start + chunk, len(labels)))
-    similarity = x[rows] @ x.T
-    similarity = similarity.at[jnp.arange(len(rows)), rows].set(-jnp.inf)
-    nearest = np.asarray(jnp.argmax(similarity, axis=1))
-    hits += int(np.sum(labels[nearest] == labels[np.asarray(rows)]))
-  return hits / len(labels)
-
-
 def embed_all(trainer: Trainer, mesh, images: np.ndarray, batch_size: int) -> np.ndarray:
   """Embeddings of all images (eval mode), in batches sharded over the mesh (the last one
   padded)."""
@@ -135,8 +122,8 @@ def train(dataset, mesh, *, epochs: int, batch_size: int, seed: int = 0,
 
   report = on_progress or (lambda progress: None)
   trainer = build(mesh, input_shape=dataset.train.images.shape[1:], seed=seed, **build_options)
-  before = precision_at_1(embed_all(trainer, mesh, dataset.test.images, batch_size),
-                          dataset.test.labels)
+  before = retrieval.precision_at_1(embed_all(trainer, mesh, dataset.test.images, batch_size),
+                                    dataset.test.labels)
   report({"stage": "initial evaluation", "precision_at_1_before": before})
   sampler = samplers.ShuffledBatches(dataset.train.labels, batch_size, seed=seed)
   losses, step_seconds, compile_seconds, stopped_early = [], 0.0, None, False
@@ -159,8 +146,8 @@ def train(dataset, mesh, *, epochs: int, batch_size: int, seed: int = 0,
             "first_step_with_compile_s": compile_seconds, "last_loss": losses[-1]})
     if stopped_early:
       break
-  after = precision_at_1(embed_all(trainer, mesh, dataset.test.images, batch_size),
-                         dataset.test.labels)
+  after = retrieval.precision_at_1(embed_all(trainer, mesh, dataset.test.images, batch_size),
+                                   dataset.test.labels)
   timed_steps = max(len(losses) - 1, 0)
   return {
       "precision_at_1_before": before, "precision_at_1": after, "steps": len(losses),

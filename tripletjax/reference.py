@@ -1,5 +1,8 @@
 """NumPy reference implementation of every loss, written for clarity rather than speed.
 
+Why not the package's miners: the reference is the definitions written literally (loops in
+float64), so that the tests compare the fast miners with something plainly right.
+
 This module is the ground truth that the tests and benchmarks compare `tripletjax.losses`
 against, so it follows the published definitions literally and shares no code with the JAX
 implementation:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import threading
 
@@ -18,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from PIL import Image
 
 from tests.app.data import image_folders
 from tripletjax.app import models
@@ -98,7 +100,11 @@ def test_benchmark_config_runs_end_to_end_on_a_generated_folder(name, tmp_path, 
 
   assert decoding_threads and all(t.startswith("image-decoder") for t in decoding_threads)
   saved = json.loads((tmp_path / "run" / "eval.json").read_text())
-  assert saved["dataset"] == config.data.name and saved["steps"] >= 1
+  assert saved["dataset"] == config.data.name
+  # One epoch, every step logged (log_every_steps=1): the count is the sampler's epoch.
+  with open(tmp_path / "run" / "metrics.jsonl") as f:
+    logged_steps = [json.loads(line)["step"] for line in f]
+  assert logged_steps == list(range(1, saved["steps"] + 1)), (logged_steps, saved["steps"])
   assert list(saved["recall_at_k"]) == [str(k) for k in config.eval.recall_ks]
   assert saved["num_unseen_test_classes"] == saved["num_test_classes"]  # Unseen classes only.
   assert "knn_accuracy" not in saved  # Meaningless on unseen classes.
@@ -112,7 +118,11 @@ def test_benchmark_config_runs_end_to_end_on_a_generated_folder(name, tmp_path, 
   assert protocol["augment"] == "crop_flip" and config.data.eval_resize == 36
   report = (tmp_path / "run" / "report.md").read_text()
   assert "Mining health" in report and "missing" not in report
-  assert (tmp_path / "run" / "projector" / "sprite.png").exists()
+  # The sprite tiles the test images as 28 x 28 thumbnails of the 32 x 32 crops, square grid.
+  num_points = len((tmp_path / "run" / "projector" / "vecs.tsv").read_text().splitlines())
+  assert num_points == saved.get("num_test_examples", 24)
+  with Image.open(tmp_path / "run" / "projector" / "sprite.png") as sprite:
+    assert sprite.size == (28 * math.ceil(math.sqrt(num_points)),) * 2, sprite.size
 
 
 @pytest.mark.parametrize("name", sorted(LAYOUTS))

@@ -1,5 +1,8 @@
 """An independent float64 NumPy oracle of the sorting miners, with their gradients.
 
+Why not the package's miners: an oracle that shared their code would share their bugs; this
+one searches each row on its own, in float64, with the tie rules written out.
+
 `tripletjax.reference` is the ground truth for values and statistics but has no gradient, and
 finite differences of it are only valid away from ties and on tiny batches. This oracle computes
 the semi-hard and batch-all losses with the package's documented tie rules (the semi-hard

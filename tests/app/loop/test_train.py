@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.app.runs import load_config_module, read_jsonl, tiny_config
 from tripletjax.app.data import augmentations
@@ -29,10 +31,12 @@ def test_end_to_end_writes_every_export_and_compares_sibling_runs(tmp_path):
   assert "digits-semihard" in report and "digits-hard" in report
   assert "missing" not in report and "pca_2d_epoch002.png" in report
   for name in ["eval.json", "report.md", "metrics.jsonl", "eval.jsonl", "config.json",
-               "projector/vecs.tsv", "projector/meta.tsv", "projector/sprite.png",
-               "projector/projector_config.pbtxt", "plots/training_curves.png",
-               "plots/eval_history.png", "plots/pca_2d_epoch002.png", "plots/pca_3d_epoch002.png"]:
+               "projector/vecs.tsv", "projector/meta.tsv", "projector/projector_config.pbtxt"]:
     assert (workdir / name).exists(), name
+  for name in ["plots/training_curves.png", "plots/eval_history.png",
+               "plots/pca_2d_epoch002.png", "plots/pca_3d_epoch002.png"]:
+    with Image.open(workdir / name) as image:
+      assert image.format == "PNG" and min(image.size) > 100, (name, image.size)
   assert list((workdir / "tensorboard").iterdir()), "no TensorBoard event file"
   saved = json.loads((workdir / "eval.json").read_text())
   for key in ["precision_at_1", "recall_at_k", "r_precision", "map_at_r", "nmi",
@@ -47,8 +51,11 @@ def test_end_to_end_writes_every_export_and_compares_sibling_runs(tmp_path):
   assert saved["train_seconds"] == pytest.approx(evaluations[-1]["train_seconds"])
   records = read_jsonl(workdir / "metrics.jsonl")
   assert [r["step"] for r in records] == list(range(2, 2 * (400 // 64) + 1, 2))
+  margin = tiny_config().loss.margin
   for record in records:
-    assert np.isfinite(record["loss"]) and 0.0 <= record["fraction_active"] <= 1.0
+    # Semi-hard: the loss is the mean hinge over the positive pairs, and with unit embeddings
+    # (distances <= 2) an active pair's hinge is at most margin + 2.
+    assert 0 < record["loss"] <= record["fraction_active"] * (margin + 2), record
     assert record["embedding_norm"] > 0
   # The training curves plot this run's logged losses, point for point (the CSV beside them).
   with open(workdir / "plots" / "training_curves.csv", newline="") as curves:
@@ -57,6 +64,16 @@ def test_end_to_end_writes_every_export_and_compares_sibling_runs(tmp_path):
   assert plotted == [(record["step"], record["loss"]) for record in records]
   vecs = (workdir / "projector" / "vecs.tsv").read_text().strip().splitlines()
   assert len(vecs) == 100 and len(vecs[0].split("\t")) == 16
+  with Image.open(workdir / "projector" / "sprite.png") as sprite:  # 10 x 10 digits of 8 x 8.
+    assert sprite.size == (80, 80), sprite.size
+  # The evaluation history plots the evaluations' precision@1; the PCA plot every test embedding.
+  with open(workdir / "plots" / "eval_history.csv", newline="") as history:
+    plotted = [(float(row["x"]), float(row["y"])) for row in csv.DictReader(history)
+               if row["series"] == "precision@1"]
+  assert plotted == [(record["step"], record["precision_at_1"]) for record in evaluations]
+  with open(workdir / "plots" / "pca_2d_epoch002.csv", newline="") as pca:
+    points = list(csv.DictReader(pca))
+  assert len(points) == 200 and len({row["series"] for row in points}) == 10
 
 
 @pytest.mark.slow
@@ -68,8 +85,11 @@ def test_fashion_mnist_smoke(tmp_path, fashion_mnist_dir):
   config.batch.batch_size, config.quiet = 128, True
   final = train.train_and_evaluate(config, str(tmp_path / "fashion"))
   assert final["dataset"] == "fashion_mnist"
-  assert 0.3 < final["precision_at_1"] <= 1.0  # One short epoch: well above chance (0.1).
-  assert (tmp_path / "fashion" / "projector" / "sprite.png").exists()
+  assert 0.3 < final["precision_at_1"] < 1.0  # One short epoch: well above chance (0.1).
+  # The sprite tiles the projector's points in a square grid of 28 x 28 thumbnails.
+  num_points = len((tmp_path / "fashion" / "projector" / "vecs.tsv").read_text().splitlines())
+  with Image.open(tmp_path / "fashion" / "projector" / "sprite.png") as sprite:
+    assert sprite.size == (28 * math.ceil(math.sqrt(num_points)),) * 2, sprite.size
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ def metric_learning_reality_check(data_name: str) -> ml_collections.ConfigDict:
   A quarter of the training classes held out for validation (one of the paper's four folds);
   224 x 224 random resized crops and flips for training, resize 256 + centre crop for
   evaluation; a ResNet-50 with 128-d embeddings (`--config.model.weights=FILE`: the
-  ImageNet-pretrained backbone, README "Pretrained backbones", whose preprocessing comes with
+  ImageNet-pretrained backbone, docs/pretrained-backbones.md, whose preprocessing comes with
   it); the triplet loss over all triplets of the batch averaged over the active ones
   (batch_all: pytorch-metric-learning's TripletMarginLoss); class-balanced batches of 32;
   RMSprop at 1e-6 with weight decay 5e-5 and momentum 0.9.

@@ -32,8 +32,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.metrics import normalized_mutual_info_score, roc_auc_score
 
 from tripletjax.app.evaluation import search
 
@@ -335,6 +333,11 @@ def nmi(embeddings, labels, *, seed: int = 0, n_init: int = KMEANS_N_INIT) -> fl
   Returns:
     NMI in [0, 1].
   """
+  # scikit-learn imported here: the neighbour metrics need NumPy alone (benchmarks/
+  # small_training.py runs them where scikit-learn is not installed).
+  from sklearn.cluster import KMeans
+  from sklearn.metrics import normalized_mutual_info_score
+
   embeddings, labels = _check_labelled_set(embeddings, labels)
   _, class_ids = np.unique(labels, return_inverse=True)
   num_classes = int(class_ids.max()) + 1
@@ -494,6 +497,7 @@ def verification_metrics(
   num_same = int(same_class.sum())
   num_different = len(same_class) - num_same
   if num_same and num_different:
+    from sklearn.metrics import roc_auc_score  # See `nmi`.
     auc = float(roc_auc_score(same_class, similarities))
   else:
     auc = float("nan")

@@ -2,8 +2,8 @@
 
 `config.model.weights` names a file; `load_backbone(model, path)` copies its backbone (stem and
 stages, BatchNorm running statistics included) into a `ResNet` and leaves the head as
-initialised. Nothing is downloaded: get the files once where there is network (see README,
-"Pretrained backbones"), e.g.
+initialised. Nothing is downloaded: get the files once where there is network (see
+docs/pretrained-backbones.md), e.g.
 
   * torchvision `state_dict`s (`.pth`, or `.safetensors`): torchvision's
     `ResNet50_Weights.IMAGENET1K_V2.url` (resnet50-11ad3fa6.pth), `ResNet18_Weights` ...;
@@ -319,7 +319,7 @@ def _check_file(path: str) -> None:
   if not os.path.exists(path):
     raise errors.DataNotFoundError(
         f"no such weights file: {path}",
-        hint="nothing is downloaded at run time; see the README's 'Pretrained backbones' for "
+        hint="nothing is downloaded at run time; see docs/pretrained-backbones.md for "
              "where to get the files")
   if not os.path.isfile(path):
     raise WeightsError(f"{path}: not a file")

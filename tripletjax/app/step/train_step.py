@@ -106,7 +106,7 @@ def _direct_train_step(loss_fn, schedule, trainable, num_chunks: int, replicated
         objective, argnums=nnx.DiffState(0, trainable), has_aux=True)(model)
     # A step with a non-finite loss or gradient leaves the state (BatchNorm statistics
     # included) as it was; the loop stops on it, or skips it with optimizer.skip_nonfinite.
-    learning_rate = schedule(optimizer.step.value)  # This step's.
+    learning_rate = schedule(optimizer.step[...])  # This step's.
     finite = optimizers.update_if_finite(model, optimizer, grads, loss, before)
     metrics = {"loss": loss, "embedding_norm": jnp.mean(norms), "embedding_spread": spread,
                "learning_rate": learning_rate,

@@ -143,7 +143,7 @@ def _update(model, optimizer, gradient, new_rest, loss, norms, *, schedule, repl
   """
   before = optimizers.state_before_update(model, optimizer)
   nnx.update(model, new_rest)
-  learning_rate = schedule(optimizer.step.value)  # This step's.
+  learning_rate = schedule(optimizer.step[...])  # This step's.
   finite = optimizers.update_if_finite(model, optimizer, gradient, loss, before)
   metrics = {"embedding_norm": jnp.mean(norms), "learning_rate": learning_rate,
              "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}

@@ -50,8 +50,8 @@ class LabelledTask:
     if (config.model.weights is None and config.model.name.startswith("resnet")
         and str(config.data.name).startswith(datasets.FOLDER_PREFIX)):
       print("warning: config.model.weights is None: the backbone starts from random weights; "
-            "the metric-learning protocol fine-tunes an ImageNet-pretrained one (README, "
-            "'Pretrained backbones')", file=sys.stderr, flush=True)
+            "the metric-learning protocol fine-tunes an ImageNet-pretrained one "
+            "(docs/pretrained-backbones.md)", file=sys.stderr, flush=True)
     self.steps_per_epoch = self.sampler.steps_per_epoch
     self.global_batch_size = plan.global_batch_size
     self.input_shape = tuple(self.dataset.train.images.shape[1:])

@@ -116,8 +116,8 @@ class PairTask:
     self.replaced_triplets = 0
     if config.model.weights is None and config.model.name.startswith("resnet"):
       print("warning: config.model.weights is None: the backbone starts from random weights; "
-            "the pair workflow is meant to fine-tune a pretrained one (README, 'Pretrained "
-            "backbones')", file=sys.stderr, flush=True)
+            "the pair workflow is meant to fine-tune a pretrained one "
+            "(docs/pretrained-backbones.md)", file=sys.stderr, flush=True)
 
   def _start_batch(self, epoch: int, step: int, indices: np.ndarray):
     rngs = None
