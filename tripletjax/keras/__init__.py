@@ -8,6 +8,16 @@ Keras (the `keras` extra), which `import tripletjax` never does. See `tripletjax
 and docs/keras.md.
 """
 
+try:
+  import keras
+except ImportError as error:
+  raise ImportError(f"tripletjax.keras needs Keras 3 ({error}): pip install "
+                    "'tripletjax[keras]'") from error
+if int(keras.__version__.split(".")[0]) < 3:
+  raise ImportError(f"tripletjax.keras needs Keras 3, found Keras {keras.__version__}: pip "
+                    "install 'keras>=3' (TensorFlow Addons' programs ran on Keras 2).")
+
+# pylint: disable=wrong-import-position
 from tripletjax.keras.distances import METRIC_NAMES, pairwise_distances
 from tripletjax.keras.losses import (
     BatchContrastiveLoss,

@@ -24,6 +24,18 @@ def label_masks(labels):
   return ops.logical_and(same, not_diagonal), ops.logical_not(same)
 
 
+def _active_part(x):
+  """max(x, 0) whose gradient is 0 at x == 0, as in tripletjax's semi-hard gradient (a pair
+  whose hinge is exactly 0 is not active)."""
+  return ops.where(ops.greater(x, 0.0), x, 0.0)
+
+
+def _hinge(x):
+  """max(x, 0) whose gradient at x == 0 is 1/2, as JAX's `maximum` gives tripletjax's hard
+  loss; elsewhere the usual 1 or 0. Backends differ at that kink, so it is spelled out."""
+  return 0.5 * (_active_part(x) + ops.where(ops.greater_equal(x, 0.0), x, 0.0))
+
+
 def _safe_mean(total, count):
   """total / count, and 0 (never NaN) when count is 0."""
   count = ops.cast(count, "float32")
@@ -73,7 +85,7 @@ def triplet_semihard_loss(labels, distances, margin):
   chosen = ops.where(is_semihard, at_most, num_negatives - 1)
   negative_distance = ops.take_along_axis(sorted_negatives, ops.maximum(chosen, 0), axis=1)
   negative_distance = ops.where(num_negatives > 0, negative_distance, 0.0)
-  hinge = ops.maximum(margin + distances - negative_distance, 0.0)
+  hinge = _active_part(margin + distances - negative_distance)
   num_pairs = ops.sum(ops.cast(positive, "int32"))
   return _safe_mean(ops.sum(ops.where(positive, hinge, 0.0)), num_pairs)
 
@@ -89,7 +101,7 @@ def triplet_hard_loss(labels, distances, margin, soft: bool = False):
   row_max = ops.max(distances, axis=1, keepdims=True)
   hardest_negative = ops.min(ops.where(negative, distances, row_max), axis=1)
   gap = hardest_positive - hardest_negative
-  per_anchor = ops.softplus(gap) if soft else ops.maximum(gap + margin, 0.0)
+  per_anchor = ops.softplus(gap) if soft else _hinge(gap + margin)
   return ops.mean(per_anchor)
 
 
