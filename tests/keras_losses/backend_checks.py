@@ -87,33 +87,39 @@ def value_and_grad(fn, x: np.ndarray):
   return float(value.detach()), tensor.grad.numpy()
 
 
-# Every batch with TFA's default metric; every other metric on a random batch and on one with
-# duplicate embeddings.
-CASES = ([(batch, "L2") for batch in sorted(BATCHES)]
-         + [(batch, metric) for batch in ("random", "duplicates")
-            for metric in ("squared-L2", "angular", "callable")])
+# TFA's two triplet losses on every batch with the default metric, and with every other metric
+# on a random batch and one with duplicate embeddings; the other losses on fewer batches.
+DEGENERATE = ("one_class", "all_distinct", "ties", "two_same", "two_different")
+CASES = ([(loss, batch, "L2") for loss in ("semihard", "hard") for batch in DEGENERATE]
+         + [(loss, batch, metric) for loss in ("semihard", "hard")
+            for batch in ("random", "duplicates")
+            for metric in ("L2", "squared-L2", "angular", "callable")]
+         + [(loss, batch, metric) for loss in ("hard_soft", "batch_contrastive")
+            for batch, metric in (("random", "L2"), ("duplicates", "angular"),
+                                  ("one_class", "callable"), ("two_different", "L2"))])
 
 
-@pytest.mark.parametrize("batch,metric", CASES)
-@pytest.mark.parametrize("loss", sorted(LOSSES))
-def test_values_and_gradients_equal_tripletjax_and_the_reference(loss, metric, batch):
+@pytest.mark.parametrize("loss,batch,metric", CASES)
+def test_values_and_gradients_equal_tripletjax_and_the_reference(loss, batch, metric):
   keras_fn, jax_fn, reference_fn, options = LOSSES[loss]
   labels, x = BATCHES[batch]
   name = METRICS.get(metric, "l2")
   distance_metric = explicit_l2 if metric == "callable" else metric
   value, grad = value_and_grad(
       lambda e: keras_fn(labels, e, distance_metric=distance_metric, **options), x)
-  expected_value, expected_grad = jax.jit(jax.value_and_grad(
-      lambda e: jax_fn(labels, e, metric=name, **options)))(jnp.asarray(x))
   np.testing.assert_allclose(value, reference_fn(labels, x, metric=name, **options),
                              rtol=1e-5, atol=1e-5)
+  assert np.all(np.isfinite(grad))
+  if BACKEND == "jax" and metric != "callable":
+    return  # The Keras loss is then tripletjax's function itself.
+  expected_value, expected_grad = jax.jit(jax.value_and_grad(
+      lambda e: jax_fn(labels, e, metric=name, **options)))(jnp.asarray(x))
   np.testing.assert_allclose(value, float(expected_value), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(grad, np.asarray(expected_grad), rtol=1e-4, atol=1e-5)
-  assert np.all(np.isfinite(grad))
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("loss", sorted(LOSSES))
+@pytest.mark.parametrize("loss", ["semihard", "hard"])
 def test_half_precision_is_computed_in_float32_and_cast_back(loss, dtype):
   keras_fn, _, reference_fn, options = LOSSES[loss]
   labels, x = BATCHES["random"]
@@ -180,13 +186,13 @@ def squared_distances(embeddings):
 
 @pytest.mark.parametrize("loss", [
     tjk.TripletSemiHardLoss(margin=0.3, distance_metric="angular"),
-    tjk.TripletSemiHardLoss(distance_metric=squared_distances),
     "tripletjax>triplet_hard_loss",
-], ids=["class", "callable_metric", "string"])
+], ids=["class", "string"])
 def test_a_compiled_model_saves_and_loads_with_its_loss(loss, tmp_path):
   # The configs of the other classes round-trip too (no model needed).
   for other in (tjk.TripletHardLoss(margin=0.2, soft=True, distance_metric="squared-L2"),
-                tjk.BatchContrastiveLoss(margin=0.5), tjk.ContrastiveLoss(margin=2.0)):
+                tjk.BatchContrastiveLoss(margin=0.5), tjk.ContrastiveLoss(margin=2.0),
+                tjk.TripletSemiHardLoss(distance_metric=squared_distances)):
     config = keras.saving.serialize_keras_object(other)
     again = keras.saving.deserialize_keras_object(config)
     assert type(again) is type(other) and again.get_config() == other.get_config()
@@ -232,20 +238,10 @@ def _run_example(name: str, *args: str):
                     "test suite's time; the fit tests cover every backend")
 def test_the_tfa_tutorial_runs_end_to_end(fashion_mnist_dir, tmp_path):
   result = _run_example("keras_tfa_tutorial", "--fashion-mnist-dir", fashion_mnist_dir,
-                        "--epochs", "1", "--max-train", "160", "--max-test", "40",
+                        "--epochs", "1", "--max-train", "96", "--max-test", "40",
                         "--output-dir", str(tmp_path))
   vectors = np.loadtxt(tmp_path / "vecs.tsv", delimiter="\t")
   labels = np.loadtxt(tmp_path / "meta.tsv", dtype=int)
   assert vectors.shape == (40, 256) and labels.shape == (40,)
   np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-4)
   assert np.isfinite(result["loss"]).all() and 0 < result["loss"][0] < 1.5
-
-
-@pytest.mark.skipif(BACKEND != "jax", reason="one backend suffices")
-def test_the_batch_hard_vs_semi_hard_example_writes_its_plots(fashion_mnist_dir, tmp_path):
-  results = _run_example("keras_batch_hard_vs_semi_hard", "--fashion-mnist-dir",
-                         fashion_mnist_dir, "--epochs", "2", "--steps-per-epoch", "1",
-                         "--batch-size", "32", "--max-train", "100", "--max-test", "40",
-                         "--output-dir", str(tmp_path))
-  assert sorted(os.listdir(tmp_path)) == ["curves.png", "pca_2d.png", "pca_3d.png"]
-  assert all(len(r["loss"]) == 2 and len(r["norm"]) == 2 for r in results.values())
