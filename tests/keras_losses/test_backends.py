@@ -29,7 +29,7 @@ def test_the_keras_losses_on_each_backend(backend):
   environment = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
   result = run_python("-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "-W",
                       "ignore::DeprecationWarning",
-                      "tests/keras_losses/backend_checks.py", env=environment, timeout=600)
+                      "tests/keras_losses/backend_checks.py", env=environment, timeout=900)
   assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
   summary = result.stdout.strip().splitlines()[-1]
   assert re.search(r"\d+ passed", summary) and "failed" not in summary, summary
