@@ -27,6 +27,10 @@ def test_the_keras_losses_on_each_backend(backend):
     conftest.skip_unless_ci(f"{BACKENDS[backend]} is not installed (the Keras {backend} "
                             "backend); pip install 'tripletjax[keras,tensorflow,torch]'")
   environment = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+  if backend == "torch":
+    # PyTorch's spinning worker threads slow its small ops down many times on a busy machine
+    # (benchmarks/RESULTS.md); the checks' arrays are tiny.
+    environment.setdefault("OMP_NUM_THREADS", "1")
   result = run_python("-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "-W",
                       "ignore::DeprecationWarning",
                       "tests/keras_losses/backend_checks.py", env=environment, timeout=900)
