@@ -13,9 +13,10 @@ import textwrap
 
 import pytest
 
-# Top-level modules of the app and test extras' packages.
+# Top-level modules of the app, test, keras, tensorflow and torch extras' packages.
 APP_MODULES = ("flax", "optax", "orbax", "ml_collections", "sklearn", "matplotlib", "tqdm",
-               "tensorboardX", "absl", "PIL", "chex", "tensorflow_datasets")
+               "tensorboardX", "absl", "PIL", "chex", "tensorflow_datasets", "keras",
+               "tensorflow", "torch")
 
 BLOCKER = textwrap.dedent(f"""
     import importlib.abc, sys
