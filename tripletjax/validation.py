@@ -120,6 +120,10 @@ def check_labels_and_embeddings(labels, embeddings):
   int32 range of concrete labels."""
   check_label_dtype(labels)
   check_label_range(labels)
+  if not hasattr(labels, "dtype") or np.dtype(labels.dtype).kind == "O":
+    labels = np.asarray(labels)
+    if labels.dtype.kind == "O":  # Python integers, within int32 (checked above).
+      labels = labels.astype(np.int64)
   labels = jnp.asarray(labels)
   embeddings = check_embeddings(embeddings)
   if labels.ndim != 1:
