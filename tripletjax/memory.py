@@ -96,7 +96,7 @@ def memory_pairs(batch: similarity_losses.Batch, memory: CrossBatchMemory,
   batch was written from slot `start`."""
   memory_size = memory.labels.shape[0]
   similarity = similarity_losses.cosine_similarity(batch.embeddings[batch.anchor_index],
-                                                   memory.embeddings)
+                                                   jax.lax.stop_gradient(memory.embeddings))
   same = batch.labels[batch.anchor_index][:, None] == memory.labels[None, :]
   slot = jax.lax.broadcasted_iota(jnp.int32, same.shape, 1)
   filled = slot < memory.count
