@@ -39,7 +39,9 @@ import jax
 import jax.numpy as jnp
 
 from tripletjax import similarity_losses
+from tripletjax import validation
 from tripletjax.finite import finish
+from tripletjax.mining import shards
 
 
 class CrossBatchMemory(NamedTuple):
@@ -106,6 +108,18 @@ def memory_pairs(batch: similarity_losses.Batch, memory: CrossBatchMemory,
                                  batch.axis_name)
 
 
+def _global_batch(labels, embeddings, batch: similarity_losses.Batch, axis_name: str | None):
+  """(labels [B], embeddings [B, D] float32) of the global batch, with no gradient, to write:
+  under `axis_name` gathered so that they are typed as the same on every device, as the
+  memory they go into."""
+  if axis_name is None or shards.axis_size(axis_name) == 1:
+    return batch.labels, jax.lax.stop_gradient(batch.embeddings)
+  labels, embeddings = validation.check_labels_and_embeddings(labels, embeddings)
+  return (shards.gather_replicated(labels.astype(jnp.int32), axis_name),
+          shards.gather_replicated(jax.lax.stop_gradient(embeddings).astype(jnp.float32),
+                                   axis_name))
+
+
 def _loss_name(loss) -> str:
   """The name in `MEMORY_LOSSES` of `loss`, a name or one of the loss functions."""
   for name, fn in similarity_losses.LOSSES.items():
@@ -140,7 +154,7 @@ def cross_batch_loss(loss, memory: CrossBatchMemory, labels, embeddings, *,
     return plain, memory
   batch = similarity_losses.prepare(labels, embeddings, axis_name)
   start = memory.position
-  written = update(memory, batch.labels, batch.embeddings)
+  written = update(memory, *_global_batch(labels, embeddings, batch, axis_name))
   pairs = memory_pairs(batch, written, start)
   value, stats = similarity_losses.OF_PAIRS[name](pairs, **options)
   # A non-finite batch is not written: its loss is NaN, and later batches stay finite.
