@@ -73,6 +73,8 @@ QUICK_BATCH_SIZES = (128, 512, 2048)
 QUICK_DIMS = (128,)
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "miners.json"
 MARGIN = 1.0
+# pytorch-metric-learning is not run where it would allocate more than this.
+PML_MAX_GB = 1.0
 
 
 DASH = "—"
@@ -139,7 +141,7 @@ def pml_function(loss_name: str, mode: str):
       value = loss(x, y, miner(x, y) if miner else None)
       if mode != "forward" and value.requires_grad:
         value.backward()
-    return float(value)
+    return float(value.detach())
   return run
 
 
@@ -246,9 +248,17 @@ def run_case(loss_name: str, mode: str, batch_size: int, dim: int, args) -> dict
   median, seconds = timing.time_calls_for(lambda: numpy_fn(labels_np, embeddings_np), args.min_time)
   case["numpy_ms"], case["numpy_runs_ms"] = 1e3 * median, [1e3 * s for s in seconds]
 
-  # pytorch-metric-learning, where it has the loss and is installed.
+  # pytorch-metric-learning, where it has the loss, is installed and fits in memory.
   case["pml_ms"] = None
   pml_fn = pml_function(loss_name, mode)
+  if pml_fn is not None and loss_name == "ntxent":
+    # Its NTXentLoss builds a [positive pairs, negative pairs] float32 matrix.
+    same = labels_np[:, None] == labels_np[None, :]
+    pml_gb = 4 * (int(same.sum()) - batch_size) * int((~same).sum()) / 1e9
+    if pml_gb > PML_MAX_GB:
+      case["pml_skipped"] = (f"NTXentLoss would allocate a [positive pairs x negative pairs] "
+                             f"float32 matrix of {pml_gb:,.1f} GB")
+      pml_fn = None
   if pml_fn is not None:
     case["pml_loss"] = pml_fn(labels_np, embeddings_np)
     median, seconds = timing.time_calls_for(lambda: pml_fn(labels_np, embeddings_np),

@@ -481,7 +481,8 @@ def multi_similarity_loss(labels, embeddings, alpha: float = 2.0, beta: float = 
   loss = 0.0 if _too_few_pairs(num_positive, num_negative) else float(np.mean(per_anchor))
   if not return_stats:
     return loss
-  return loss, {"num_positive_pairs": num_positive, "num_negative_pairs": num_negative,
+  return loss, {"num_positive_pairs": int(positive.sum()),
+                "num_negative_pairs": int(negative.sum()),
                 "fraction_positive_mined": _safe_ratio(num_positive, positive.sum()),
                 "fraction_negative_mined": _safe_ratio(num_negative, negative.sum()),
                 **_mean_similarities(similarities, positive, negative)}

@@ -183,15 +183,17 @@ def multi_similarity_of_pairs(pairs: Pairs, alpha=2.0, beta=50.0, base=0.5, epsi
   positive_term, _ = masked_logsumexp(alpha * (base - s), positive, add_one=True)
   negative_term, _ = masked_logsumexp(beta * (s - base), negative, add_one=True)
   per_anchor = positive_term / alpha + negative_term / beta
-  num_positive = _count(positive, pairs.axis_name)
-  num_negative = _count(negative, pairs.axis_name)
+  kept_positive = _count(positive, pairs.axis_name)
+  kept_negative = _count(negative, pairs.axis_name)
   loss = _total(per_anchor, pairs.axis_name) / pairs.num_anchors
-  loss = jnp.where(_too_few_pairs(num_positive, num_negative), 0.0, loss)
+  loss = jnp.where(_too_few_pairs(kept_positive, kept_negative), 0.0, loss)
+  num_positive = _count(pairs.positive, pairs.axis_name)
+  num_negative = _count(pairs.negative, pairs.axis_name)
   stats = {
       "num_positive_pairs": num_positive,
       "num_negative_pairs": num_negative,
-      "fraction_positive_mined": safe_mean(num_positive, _count(pairs.positive, pairs.axis_name)),
-      "fraction_negative_mined": safe_mean(num_negative, _count(pairs.negative, pairs.axis_name)),
+      "fraction_positive_mined": safe_mean(kept_positive, num_positive),
+      "fraction_negative_mined": safe_mean(kept_negative, num_negative),
       **_similarity_stats(pairs),
   }
   return loss, stats
@@ -268,9 +270,9 @@ def multi_similarity_loss(labels, embeddings, alpha=2.0, beta=50.0, base=0.5, ep
 
   Returns:
     Scalar loss in the dtype of `embeddings`, or `(loss, stats)` with stats keys
-    `num_positive_pairs` and `num_negative_pairs` (the ordered pairs in the loss, after
-    mining), `fraction_positive_mined`, `fraction_negative_mined` (kept / all),
-    `mean_positive_similarity`, `mean_negative_similarity` (over all pairs).
+    `num_positive_pairs` and `num_negative_pairs` (the ordered pairs of the batch),
+    `fraction_positive_mined`, `fraction_negative_mined` (the fractions of them the miner
+    keeps: 1 without mining), `mean_positive_similarity`, `mean_negative_similarity`.
   """
   batch = prepare(labels, embeddings, axis_name)
   loss, stats = multi_similarity_of_pairs(batch_pairs(batch), alpha, beta, base, epsilon,

@@ -43,7 +43,8 @@ def make_loss_fn(loss_config: ml_collections.ConfigDict, *,
   on the host on a CPU, XLA elsewhere, rather than for every device of the run.
   """
   loss = losses.MINED_LOSSES[loss_config.name]
-  options = {name: loss_config[name] for name in loss.options}
+  # None (the temperature's default): the loss's own default.
+  options = {name: loss_config[name] for name in loss.options if loss_config[name] is not None}
   if not (single_device and loss.sorts_rows):
     return functools.partial(loss.fn, return_stats=True, **options)
 
