@@ -33,7 +33,7 @@ VARIANTS = {
     "supcon-t0.05": ("supcon", {"temperature": 0.05}),
 }
 # The variants every batch is checked with (the others on the random batch only).
-SWEEP = ("ms-mined", "ms-all-pairs", "ms-options", "ntxent", "supcon")
+SWEEP = ("ms-mined", "ms-all-pairs", "ntxent", "supcon")
 
 
 def _batches() -> dict[str, tuple[np.ndarray, np.ndarray]]:
