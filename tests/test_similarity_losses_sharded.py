@@ -163,3 +163,76 @@ def test_the_memory_is_the_same_on_every_device_and_equals_one_device(outputs, v
                                       outputs[f"{prefix}/copies/{field}"][0])
     np.testing.assert_array_equal(copies[0], outputs[prefix + "/single/memory"])
     assert int(outputs[prefix + "/copies/count"][0]) == min((step + 1) * BATCH, MEMORY_SIZE)
+
+
+# ----------------------------------------------------------------------------------------------
+# The memory over 2 processes of 2 CPU devices each (localhost, gloo collectives).
+
+PROCESS_SCRIPT = """
+    import sys
+    import jax, numpy as np
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+    from tripletjax import memory as memory_lib
+
+    port, process_id, inputs_path, outputs_path = sys.argv[1:5]
+    jax.config.update("jax_num_cpu_devices", 2)
+    jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=int(process_id))
+    assert jax.device_count() == 4 and jax.local_device_count() == 2
+    mesh = jax.make_mesh((4,), ("data",), axis_types=(AxisType.Auto,))
+    rows = NamedSharding(mesh, P("data"))
+    step = jax.jit(jax.shard_map(
+        lambda memory, labels, embeddings: memory_lib.cross_batch_loss(
+            "supcon", memory, labels, embeddings, axis_name="data"),
+        mesh=mesh, in_specs=(P(), P("data"), P("data")), out_specs=(P(), P())))
+    inputs, outputs = np.load(inputs_path), {}
+    memory = jax.device_put(memory_lib.init(%(memory_size)d, 8), NamedSharding(mesh, P()))
+    for index in range(%(num_steps)d):
+      arrays = [jax.make_array_from_callback(x.shape, rows, lambda i, x=x: x[i])
+                for x in (inputs[f"step{index}/labels"], inputs[f"step{index}/embeddings"])]
+      loss, memory = step(memory, *arrays)
+      outputs[f"{index}/loss"] = np.asarray(loss.addressable_data(0))
+      for field, value in zip(memory._fields, memory):
+        for device, shard in enumerate(value.addressable_shards):  # This process's devices.
+          outputs[f"{index}/{field}/{device}"] = np.asarray(shard.data)
+    np.savez(outputs_path, **outputs)
+""" % {"memory_size": MEMORY_SIZE, "num_steps": NUM_STEPS}
+
+
+def test_the_memory_is_the_same_in_2_processes_and_equals_one_process(tmp_path):
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import socket  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  import textwrap  # pylint: disable=import-outside-toplevel
+
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from tests.subprocesses import REPO  # pylint: disable=import-outside-toplevel
+  from tripletjax import memory as memory_lib  # pylint: disable=import-outside-toplevel
+
+  inputs = make_inputs()
+  np.savez(tmp_path / "inputs.npz", **inputs)
+  with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+  runs = [subprocess.Popen(
+      [sys.executable, "-c", textwrap.dedent(PROCESS_SCRIPT), str(port), str(index),
+       str(tmp_path / "inputs.npz"), str(tmp_path / f"outputs{index}.npz")],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for index in range(2)]
+  for run in runs:
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stderr[-3000:]
+  outputs = [np.load(tmp_path / f"outputs{index}.npz") for index in range(2)]
+  memory = memory_lib.init(MEMORY_SIZE, 8)
+  step = jax.jit(lambda memory, labels, x: memory_lib.cross_batch_loss("supcon", memory, labels, x))
+  for index in range(NUM_STEPS):
+    loss, memory = step(memory, inputs[f"step{index}/labels"], inputs[f"step{index}/embeddings"])
+    for output in outputs:
+      np.testing.assert_allclose(output[f"{index}/loss"], float(loss), rtol=1e-5)
+      for field, expected in zip(memory._fields, memory):
+        for device in range(2):
+          np.testing.assert_array_equal(output[f"{index}/{field}/{device}"], expected,
+                                        err_msg=f"step {index} {field} device {device}")
+    # Bit for bit the same in both processes.
+    for key in outputs[0].files:
+      if "/loss" not in key:
+        assert outputs[0][key].tobytes() == outputs[1][key].tobytes(), key

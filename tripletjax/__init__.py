@@ -1,8 +1,10 @@
 """tripletjax: metric learning with triplet and contrastive losses in JAX.
 
 Losses take integer `labels[B]` and `embeddings[B, D]` and return a scalar; every mined loss
-can also return its mining statistics (`return_stats=True`). See `tripletjax.losses`; for a
-batch sharded over several devices, `tripletjax.sharded`.
+can also return its mining statistics (`return_stats=True`). See `tripletjax.losses` (the
+losses of cosine similarities, equal to pytorch-metric-learning's: `tripletjax.similarity_losses`);
+for a batch sharded over several devices, `tripletjax.sharded`; for a cross-batch memory,
+`tripletjax.memory`.
 """
 
 from tripletjax.distances import pairwise_distances
