@@ -196,8 +196,12 @@ def _train(config, workdir, changes, checkpoints, stop_signals, mesh, task) -> d
           record = _mean_records(jax.device_get(window))
           window = []
           train_log.write(step, {"epoch": epoch + 1, "skipped_steps": skipped_steps, **record})
+          # The losses of cosine similarities have no active fraction: their mean positive
+          # similarity instead.
+          shown = {"active": "fraction_active", "positive": "mean_positive_similarity"}
           progress.set_postfix(loss=f"{record['loss']:.4f}",
-                               active=f"{record['fraction_active']:.3f}")
+                               **{label: f"{record[key]:.3f}" for label, key in shown.items()
+                                  if key in record})
           for warning in monitor.update(step, record):
             if is_main:
               progress.write(f"warning: {warning}")
