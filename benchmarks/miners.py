@@ -1,12 +1,15 @@
 """Benchmark of the mined losses: jit-compiled JAX against vectorised NumPy and the loop reference.
 
-For every loss (semihard, hard, batch_all, contrastive) x mode (forward, forward+backward) x
+For every loss (semihard, hard, batch_all, contrastive, multi_similarity, ntxent, supcon) x mode (forward, forward+backward) x
 batch size B x embedding size D it measures, in one run:
 
   * JAX: `tripletjax.losses` under `jax.jit` (`jax.value_and_grad` for forward+backward), with
     the compile time (lower + compile) reported separately, then the median of several calls
     with `block_until_ready`;
-  * NumPy-vectorised: `benchmarks.numpy_vectorized` (analytic gradients), median of several calls;
+  * NumPy-vectorised: `benchmarks.numpy_vectorized` and, for the losses of cosine
+    similarities, `benchmarks.numpy_similarity` (analytic gradients), median of several calls;
+  * pytorch-metric-learning (multi_similarity with its miner, ntxent, supcon; where installed):
+    its loss on CPU torch tensors (`backward()` for forward+backward), median of several calls;
   * NumPy-reference: one call of the loop reference `tripletjax.reference`, forward only (it has
     no gradient) and only for B <= --reference-max-batch (its loops take seconds beyond);
     larger cases are shown as "—", never extrapolated;
@@ -19,7 +22,7 @@ batch size B x embedding size D it measures, in one run:
     recorded in the JSON.
 
 Inputs: labels uniform over --classes (default 10) random classes, embeddings standard normal
-float32, margin 1.0, metric l2. The same script runs unchanged on GPU (the backend comes from
+float32, margin 1.0, metric l2 (the losses of cosine similarities: their default options). The same script runs unchanged on GPU (the backend comes from
 `jax.devices()[0].platform`; NumPy always runs on the host CPU).
 
 Usage:
@@ -55,6 +58,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import compiled as compiled_lib  # noqa: E402
+from benchmarks import numpy_similarity  # noqa: E402
 from benchmarks import numpy_vectorized  # noqa: E402
 from benchmarks import timing  # noqa: E402
 from tripletjax import losses  # noqa: E402
@@ -69,6 +73,8 @@ QUICK_BATCH_SIZES = (128, 512, 2048)
 QUICK_DIMS = (128,)
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "miners.json"
 MARGIN = 1.0
+# pytorch-metric-learning is not run where it would allocate more than this.
+PML_MAX_GB = 1.0
 
 
 DASH = "—"
@@ -86,24 +92,57 @@ def make_inputs(batch_size: int, dim: int, num_classes: int, seed: int = 0):
   return labels, embeddings
 
 
+def margin_options(loss_name: str) -> dict:
+  """{"margin": MARGIN} for the losses with a margin; the others run with their defaults."""
+  return {"margin": MARGIN} if "margin" in losses.MINED_LOSSES[loss_name].options else {}
+
+
 def jax_function(loss_name: str, mode: str, mining_backend: str = "auto"):
   """The jit-compiled JAX function of a case: (labels, embeddings) -> loss or (loss, grad)."""
   loss = losses.MINED_LOSSES[loss_name]
-  loss_fn = loss.fn
+  loss_fn = functools.partial(loss.fn, **margin_options(loss_name))
   if loss.sorts_rows:
     loss_fn = functools.partial(loss_fn, mining_backend=mining_backend)
   if mode == "forward":
-    return jax.jit(lambda labels, embeddings: loss_fn(labels, embeddings, margin=MARGIN))
-  value_and_grad = jax.value_and_grad(
-      lambda embeddings, labels: loss_fn(labels, embeddings, margin=MARGIN))
+    return jax.jit(loss_fn)
+  value_and_grad = jax.value_and_grad(lambda embeddings, labels: loss_fn(labels, embeddings))
   return jax.jit(lambda labels, embeddings: value_and_grad(embeddings, labels))
 
 
 def numpy_function(loss_name: str, mode: str):
-  table = (numpy_vectorized.FORWARD if mode == "forward"
-           else numpy_vectorized.FORWARD_AND_BACKWARD)
-  loss_fn = table[loss_name]
+  tables = ((numpy_vectorized.FORWARD, numpy_similarity.FORWARD) if mode == "forward"
+            else (numpy_vectorized.FORWARD_AND_BACKWARD, numpy_similarity.FORWARD_AND_BACKWARD))
+  loss_fn = {**tables[0], **tables[1]}[loss_name]
   return lambda labels, embeddings: loss_fn(labels, embeddings, MARGIN)
+
+
+def pml_function(loss_name: str, mode: str):
+  """pytorch-metric-learning's loss of a case on NumPy inputs, or None (no such loss, or not
+  installed): (labels, embeddings) -> loss, after `backward()` for forward+backward."""
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+    from pytorch_metric_learning import losses as pml_losses  # pylint: disable=import-outside-toplevel
+    from pytorch_metric_learning import miners as pml_miners  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return None
+  loss, miner = {
+      "multi_similarity": (pml_losses.MultiSimilarityLoss, pml_miners.MultiSimilarityMiner),
+      "ntxent": (pml_losses.NTXentLoss, None),
+      "supcon": (pml_losses.SupConLoss, None),
+  }.get(loss_name, (None, None))
+  if loss is None:
+    return None
+  loss, miner = loss(), miner() if miner else None
+
+  def run(labels, embeddings):
+    x = torch.from_numpy(embeddings).requires_grad_(mode != "forward")
+    y = torch.from_numpy(labels.astype(np.int64))
+    with torch.set_grad_enabled(mode != "forward"):
+      value = loss(x, y, miner(x, y) if miner else None)
+      if mode != "forward" and value.requires_grad:
+        value.backward()
+    return float(value.detach())
+  return run
 
 
 def _loss_and_grad(output):
@@ -209,6 +248,23 @@ def run_case(loss_name: str, mode: str, batch_size: int, dim: int, args) -> dict
   median, seconds = timing.time_calls_for(lambda: numpy_fn(labels_np, embeddings_np), args.min_time)
   case["numpy_ms"], case["numpy_runs_ms"] = 1e3 * median, [1e3 * s for s in seconds]
 
+  # pytorch-metric-learning, where it has the loss, is installed and fits in memory.
+  case["pml_ms"] = None
+  pml_fn = pml_function(loss_name, mode)
+  if pml_fn is not None and loss_name == "ntxent":
+    # Its NTXentLoss builds a [positive pairs, negative pairs] float32 matrix.
+    same = labels_np[:, None] == labels_np[None, :]
+    pml_gb = 4 * (int(same.sum()) - batch_size) * int((~same).sum()) / 1e9
+    if pml_gb > PML_MAX_GB:
+      case["pml_skipped"] = (f"NTXentLoss would allocate a [positive pairs x negative pairs] "
+                             f"float32 matrix of {pml_gb:,.1f} GB")
+      pml_fn = None
+  if pml_fn is not None:
+    case["pml_loss"] = pml_fn(labels_np, embeddings_np)
+    median, seconds = timing.time_calls_for(lambda: pml_fn(labels_np, embeddings_np),
+                                            args.min_time)
+    case["pml_ms"], case["pml_runs_ms"] = 1e3 * median, [1e3 * s for s in seconds]
+
   # Agreement of the two implementations on this batch.
   jax_loss, jax_grad = _loss_and_grad(jax_output)
   numpy_loss, numpy_grad = _loss_and_grad(numpy_output)
@@ -223,7 +279,8 @@ def run_case(loss_name: str, mode: str, batch_size: int, dim: int, args) -> dict
   case["reference_ms"] = None
   if mode == "forward" and batch_size <= args.reference_max_batch:
     start = time.perf_counter()
-    reference_loss = reference.MINED_LOSSES[loss_name](labels_np, embeddings_np, MARGIN)
+    reference_loss = reference.MINED_LOSSES[loss_name](labels_np, embeddings_np,
+                                                       **margin_options(loss_name))
     case["reference_ms"] = 1e3 * (time.perf_counter() - start)
     case["reference_loss"] = reference_loss
 
@@ -321,8 +378,8 @@ def markdown_report(results: dict) -> str:
       f"Peak MB: {results['memory_note']}.",
       "",
       "| loss | mode | B | D | JAX ms | compile s | NumPy-vectorised ms | NumPy-reference ms "
-      "| speed-up vs vectorised | vs reference | peak MB |",
-      "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+      "| speed-up vs vectorised | vs reference | peak MB | pytorch-metric-learning ms |",
+      "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
   ]
   for case in results["cases"]:
     lines.append(
@@ -330,7 +387,8 @@ def markdown_report(results: dict) -> str:
         f"| {_format(case['jax_ms'])} | {_format(case['jax_compile_s'], 2)} "
         f"| {_format(case['numpy_ms'])} | {_format(case['reference_ms'])} "
         f"| {_format(case['numpy_speedup'], 2, 'x')} "
-        f"| {_format(case['reference_speedup'], 1, 'x')} | {_format(case['peak_mb'], 0)} |")
+        f"| {_format(case['reference_speedup'], 1, 'x')} | {_format(case['peak_mb'], 0)} "
+        f"| {_format(case.get('pml_ms'))} |")
   return "\n".join(line for line in lines if line is not None)
 
 

@@ -44,3 +44,27 @@ def test_int64_labels_within_int32_are_fine():
 def test_wrong_shapes_and_dtypes_are_named(name, labels, embeddings, error, match):
   with pytest.raises(error, match=match):
     losses.MINED_LOSSES[name](labels, jnp.asarray(embeddings))
+
+
+@pytest.mark.parametrize("labels", [
+    np.array(["a", "b", "a", "b"]),                # Class names.
+    ["cat", "dog", "cat", "dog"],                  # A Python list of them.
+    np.array([0.0, 1.0, 0.0, 1.0], np.float32),    # Floats, even whole ones.
+    [0.5, 1.0, 0.5, 1.0],
+    np.array([True, False, True, False]),          # Booleans.
+    [True, False, True, False],
+    np.array([0, 1, 0, None], dtype=object),       # Objects that are not all integers.
+], ids=["strings", "string_list", "floats", "float_list", "bools", "bool_list", "objects"])
+@pytest.mark.parametrize("name", sorted(losses.MINED_LOSSES))
+def test_labels_that_are_not_integers_are_a_type_error_naming_labels(name, labels):
+  embeddings = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+  with pytest.raises(TypeError, match=r"^labels must be integer class ids"):
+    losses.MINED_LOSSES[name](labels, embeddings)
+
+
+def test_labels_of_any_integer_type_are_fine():
+  embeddings = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+  expected = float(losses.supcon_loss(np.array([0, 0, 1, 1], np.int32), embeddings))
+  for labels in ([0, 0, 1, 1], np.array([0, 0, 1, 1], np.uint8), np.array([5, 5, 7, 7]),
+                 jnp.array([0, 0, 1, 1], jnp.int16), np.array([0, 0, 1, 1], dtype=object)):
+    assert float(losses.supcon_loss(labels, embeddings)) == expected

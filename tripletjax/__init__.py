@@ -1,8 +1,10 @@
 """tripletjax: metric learning with triplet and contrastive losses in JAX.
 
 Losses take integer `labels[B]` and `embeddings[B, D]` and return a scalar; every mined loss
-can also return its mining statistics (`return_stats=True`). See `tripletjax.losses`; for a
-batch sharded over several devices, `tripletjax.sharded`.
+can also return its mining statistics (`return_stats=True`). See `tripletjax.losses` (the
+losses of cosine similarities, equal to pytorch-metric-learning's: `tripletjax.similarity_losses`);
+for a batch sharded over several devices, `tripletjax.sharded`; for a cross-batch memory,
+`tripletjax.memory`.
 """
 
 from tripletjax.distances import pairwise_distances
@@ -11,6 +13,9 @@ from tripletjax.losses import (
     batch_all_triplet_loss,
     contrastive_loss,
     contrastive_pair_loss,
+    multi_similarity_loss,
+    ntxent_loss,
+    supcon_loss,
     triplet_distances,
     triplet_hard_loss,
     triplet_loss,
@@ -24,8 +29,11 @@ __all__ = [
     "batch_all_triplet_loss",
     "contrastive_loss",
     "contrastive_pair_loss",
+    "multi_similarity_loss",
+    "ntxent_loss",
     "pairwise_distances",
     "sharded_loss",
+    "supcon_loss",
     "triplet_distances",
     "triplet_hard_loss",
     "triplet_loss",

@@ -41,7 +41,11 @@ import jax.numpy as jnp
 
 from tripletjax import distances as distances_lib
 from tripletjax import mining
+from tripletjax import similarity_losses
 from tripletjax import validation
+from tripletjax.finite import finish as _finish
+from tripletjax.finite import poison_unless_finite as _poison_unless_finite
+from tripletjax.finite import safe_mean as _safe_mean
 from tripletjax.mining import blocks
 from tripletjax.mining import masks
 from tripletjax.mining import shards
@@ -79,52 +83,6 @@ def _prepare(labels, embeddings, margin, metric, axis_name: str | None = None) -
     float_embeddings = shards.gather(float_embeddings, axis_name)
   return _Batch(labels, float_embeddings, embeddings.dtype, jnp.asarray(margin, jnp.float32),
                 finite, axis_name, shard)
-
-
-def _poison_unless_finite(*arrays, axis_name: str | None = None):
-  """`(arrays, finite)`: the arrays unchanged, but their gradients NaN unless all are finite.
-
-  `finite` says whether every entry of every array is finite (on every device of `axis_name`);
-  the losses select NaN for their value when it is not (`_finish`), because a miner need not
-  turn a NaN distance into a NaN loss, and this makes the gradient of every input NaN as well
-  (a `where` alone would give zeros). The forward values are untouched, so finite inputs give
-  the same bits as without it.
-  """
-  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
-  finite = shards.all_devices(finite, axis_name)
-  return tuple(_nan_gradient_unless(a, finite) for a in arrays), finite
-
-
-@jax.custom_jvp
-def _nan_gradient_unless(x, finite):
-  """The identity, whose derivative is NaN unless `finite` (a traced bool)."""
-  del finite
-  return x
-
-
-@_nan_gradient_unless.defjvp
-def _nan_gradient_unless_jvp(primals, tangents):
-  x, finite = primals
-  scale = jnp.where(finite, 1.0, jnp.nan).astype(x.dtype)
-  # The barrier keeps XLA from fusing the scaling into the gradient's computation, which could
-  # change its rounding.
-  return x, jax.lax.optimization_barrier(tangents[0]) * scale
-
-
-def _safe_mean(total, count):
-  """total / count, and 0 (never NaN) when count is 0."""
-  count = jnp.asarray(count, jnp.float32)
-  return jnp.where(count > 0, total / jnp.maximum(count, 1.0), 0.0)
-
-
-def _finish(loss, dtype, stats, return_stats, finite):
-  """The loss in `dtype`, and the stats; NaN loss and float stats unless the inputs were finite."""
-  nan_unless_finite = lambda x: jnp.where(finite, x, jnp.nan)
-  loss = nan_unless_finite(loss).astype(dtype)
-  if not return_stats:
-    return loss
-  return loss, {name: nan_unless_finite(value) if jnp.issubdtype(value.dtype, jnp.floating)
-                else value for name, value in stats.items()}
 
 
 def _sorting_miner_totals(miner, batch: _Batch, metric: str, mining_backend: str):
@@ -429,4 +387,23 @@ MINED_LOSSES: dict[str, MinedLoss] = {
     "contrastive": MinedLoss(
         contrastive_loss, options=("margin", "metric"),
         stats=("num_positive_pairs", "num_negative_pairs", "fraction_active")),
+    "multi_similarity": MinedLoss(
+        similarity_losses.multi_similarity_loss,
+        options=("alpha", "beta", "base", "epsilon", "mining"),
+        stats=("num_positive_pairs", "num_negative_pairs", "fraction_positive_mined",
+               "fraction_negative_mined", "mean_positive_similarity",
+               "mean_negative_similarity")),
+    "ntxent": MinedLoss(
+        similarity_losses.ntxent_loss, options=("temperature",),
+        stats=("num_positive_pairs", "num_negative_pairs", "mean_positive_similarity",
+               "mean_negative_similarity")),
+    "supcon": MinedLoss(
+        similarity_losses.supcon_loss, options=("temperature",),
+        stats=("num_positive_pairs", "num_negative_pairs", "num_anchors_in_mean",
+               "mean_positive_similarity", "mean_negative_similarity")),
 }
+
+# The losses of cosine similarities, for the code that imports them from here.
+multi_similarity_loss = similarity_losses.multi_similarity_loss
+ntxent_loss = similarity_losses.ntxent_loss
+supcon_loss = similarity_losses.supcon_loss

@@ -13,7 +13,10 @@ implementation:
   * batch-all: O. Moindrot, "Triplet Loss and Online Triplet Mining in TensorFlow" (2018);
   * contrastive: Hadsell, Chopra and LeCun, 2006, L = 0.5 * (y d^2 + (1 - y) max(m - d, 0)^2);
   * explicit triplets: the Keras "Image similarity estimation using a Siamese Network with a
-    triplet loss" example, max(||a - p||^2 - ||a - n||^2 + m, 0).
+    triplet loss" example, max(||a - p||^2 - ||a - n||^2 + m, 0);
+  * multi-similarity (with its miner), NT-Xent, SupCon and the cross-batch memory:
+    pytorch-metric-learning 2.9's `MultiSimilarityLoss`, `MultiSimilarityMiner`, `NTXentLoss`,
+    `SupConLoss` and `CrossBatchMemory` on cosine similarities, their quirks included.
 
 How it is written:
 
@@ -63,7 +66,7 @@ def _check_labels(labels, num_rows: int) -> np.ndarray:
   labels = np.asarray(labels)
   if labels.ndim != 1:
     raise ValueError(f"labels must have shape [B], got shape {labels.shape}.")
-  if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_):
+  if not np.issubdtype(labels.dtype, np.integer):
     raise TypeError(f"labels must be integer class ids, got dtype {labels.dtype}.")
   if labels.shape[0] != num_rows:
     raise ValueError(f"labels has {labels.shape[0]} entries but embeddings has {num_rows} rows.")
@@ -391,6 +394,183 @@ def triplet_loss(anchor, positive, negative, margin: float = 0.5) -> float:
   return float(np.mean(row_losses)) if row_losses else 0.0
 
 
+# ----------------------------------------------------------------------------------------------
+# Losses of cosine similarities, as pytorch-metric-learning 2.9 computes them.
+
+# torch.nn.functional.normalize: x / max(|x|, 1e-12).
+_TORCH_NORMALIZE_EPS = 1e-12
+
+
+def _cosine_similarities(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+  """[B, R] cosine similarities of the float64 rows of x and y, each divided by max(|.|, 1e-12)."""
+  unit = lambda rows: rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True),
+                                        _TORCH_NORMALIZE_EPS)
+  return unit(x) @ unit(y).T
+
+
+def _similarity_pairs(labels, embeddings, references=None):
+  """(similarities [B, R], positive, negative, miner_positive [B, R] bool) of a batch.
+
+  Without `references` the batch is compared with itself: positives are the other same-label
+  rows. With `references = (reference_labels [R], reference_embeddings [R, D], own_slot [B])`
+  (a cross-batch memory, the batch already in it) positives are the same-label references
+  but each anchor's own slot, which the multi-similarity miner still counts as a positive
+  (pytorch-metric-learning removes the self-comparisons after mining).
+  """
+  embeddings = _as_float64_matrix(embeddings, "embeddings")
+  labels = _check_labels(labels, embeddings.shape[0])
+  if references is None:
+    reference_labels, reference_embeddings = labels, embeddings
+    own_slot = np.arange(labels.shape[0])
+  else:
+    reference_labels, reference_embeddings, own_slot = references
+    reference_embeddings = _as_float64_matrix(reference_embeddings, "reference_embeddings")
+  similarities = _cosine_similarities(embeddings, reference_embeddings)
+  same = labels[:, None] == np.asarray(reference_labels)[None, :]
+  own = np.arange(same.shape[1])[None, :] == np.asarray(own_slot)[:, None]
+  positive = same & ~own
+  miner_positive = positive if references is None else same
+  return similarities, positive, ~same, miner_positive
+
+
+def _log_one_plus_sum_exp(values) -> float:
+  """log(1 + sum exp(values)) in float64, without overflow."""
+  return float(np.logaddexp.reduce(np.concatenate([[0.0], np.asarray(values, np.float64)])))
+
+
+def _too_few_pairs(num_positive: int, num_negative: int) -> bool:
+  """pytorch-metric-learning's `GenericPairLoss` gives 0 for at most one pair of each kind."""
+  return num_positive <= 1 and num_negative <= 1
+
+
+def _mean_similarities(similarities, positive, negative) -> dict:
+  return {"mean_positive_similarity": _safe_ratio(similarities[positive].sum(), positive.sum()),
+          "mean_negative_similarity": _safe_ratio(similarities[negative].sum(), negative.sum())}
+
+
+def multi_similarity_loss(labels, embeddings, alpha: float = 2.0, beta: float = 50.0,
+                          base: float = 0.5, epsilon: float = 0.1, mining: bool = True,
+                          return_stats: bool = False, references=None):
+  """Multi-similarity loss: `MultiSimilarityLoss(alpha, beta, base)` of pytorch-metric-learning,
+  after `MultiSimilarityMiner(epsilon)` when `mining`.
+
+  The miner keeps a positive (a, p) if s_ap - epsilon < max_n s_an and a negative (a, n) if
+  s_an + epsilon > min_p s_ap, and nothing at all if the batch has no positive or no negative
+  pair. Per anchor, over its kept pairs,
+  (1/alpha) log(1 + sum_p exp(alpha (base - s_ap))) + (1/beta) log(1 + sum_n exp(beta (s_an - base)));
+  the loss is the mean over all anchors (0 if at most one pair of each kind is kept).
+  `references`: see `_similarity_pairs` (the cross-batch memory).
+
+  Returns:
+    The loss as a float, or `(loss, stats)` with the stats keys of
+    `tripletjax.multi_similarity_loss`.
+  """
+  similarities, positive, negative, miner_positive = _similarity_pairs(labels, embeddings,
+                                                                       references)
+  keep_positive, keep_negative = positive.copy(), negative.copy()
+  if mining:
+    if not miner_positive.any() or not negative.any():
+      keep_positive[:], keep_negative[:] = False, False
+    for a, row in enumerate(similarities):
+      hardest_negative = row[negative[a]].max() if negative[a].any() else -np.inf
+      hardest_positive = row[miner_positive[a]].min() if miner_positive[a].any() else np.inf
+      keep_positive[a] &= row - epsilon < hardest_negative
+      keep_negative[a] &= row + epsilon > hardest_positive
+  per_anchor = [
+      _log_one_plus_sum_exp(alpha * (base - row[keep_positive[a]])) / alpha
+      + _log_one_plus_sum_exp(beta * (row[keep_negative[a]] - base)) / beta
+      for a, row in enumerate(similarities)]
+  num_positive, num_negative = int(keep_positive.sum()), int(keep_negative.sum())
+  loss = 0.0 if _too_few_pairs(num_positive, num_negative) else float(np.mean(per_anchor))
+  if not return_stats:
+    return loss
+  return loss, {"num_positive_pairs": int(positive.sum()),
+                "num_negative_pairs": int(negative.sum()),
+                "fraction_positive_mined": _safe_ratio(num_positive, positive.sum()),
+                "fraction_negative_mined": _safe_ratio(num_negative, negative.sum()),
+                **_mean_similarities(similarities, positive, negative)}
+
+
+def ntxent_loss(labels, embeddings, temperature: float = 0.07, return_stats: bool = False,
+                references=None):
+  """NT-Xent: `NTXentLoss(temperature)` of pytorch-metric-learning on a labelled batch.
+
+  Per positive pair (a, p): log(exp(s_ap / t) + sum_n exp(s_an / t)) - s_ap / t over a's
+  negatives n; the mean over positive pairs, 0 without positive or negative pairs.
+  """
+  similarities, positive, negative, _ = _similarity_pairs(labels, embeddings, references)
+  logits = similarities / temperature
+  num_positive, num_negative = int(positive.sum()), int(negative.sum())
+  pair_losses = [float(np.logaddexp.reduce(np.concatenate([[logits[a, p]],
+                                                           logits[a][negative[a]]]))
+                       - logits[a, p])
+                 for a, p in zip(*np.nonzero(positive))]
+  empty = num_positive == 0 or num_negative == 0 or _too_few_pairs(num_positive, num_negative)
+  loss = 0.0 if empty else float(np.mean(pair_losses))
+  if not return_stats:
+    return loss
+  return loss, {"num_positive_pairs": num_positive, "num_negative_pairs": num_negative,
+                **_mean_similarities(similarities, positive, negative)}
+
+
+def supcon_loss(labels, embeddings, temperature: float = 0.1, return_stats: bool = False,
+                references=None):
+  """SupCon: `SupConLoss(temperature)` of pytorch-metric-learning.
+
+  Per anchor a with positives: -mean_p (s_ap / t - log sum_{j != a} exp(s_aj / t)); the mean
+  over the anchors whose loss is > 0 (`AvgNonZeroReducer`), 0 without positive or negative
+  pairs.
+  """
+  similarities, positive, negative, _ = _similarity_pairs(labels, embeddings, references)
+  logits = similarities / temperature
+  num_positive, num_negative = int(positive.sum()), int(negative.sum())
+  per_anchor = []
+  for a, row in enumerate(logits):
+    if positive[a].any():
+      log_denominator = np.logaddexp.reduce(row[positive[a] | negative[a]])
+      per_anchor.append(-float(np.mean(row[positive[a]] - log_denominator)))
+  counted = [value for value in per_anchor if value > 0]
+  empty = num_positive == 0 or num_negative == 0 or _too_few_pairs(num_positive, num_negative)
+  loss = 0.0 if empty or not counted else float(np.mean(counted))
+  if not return_stats:
+    return loss
+  return loss, {"num_positive_pairs": num_positive, "num_negative_pairs": num_negative,
+                "num_anchors_in_mean": 0 if empty else len(counted),
+                **_mean_similarities(similarities, positive, negative)}
+
+
+class CrossBatchMemory:
+  """pytorch-metric-learning's `CrossBatchMemory(loss, embedding_size, memory_size)`, in NumPy.
+
+  Each call first writes the batch into a ring buffer at the write position (wrapping), then
+  returns the loss of the batch's anchors against the filled part of the memory (the batch
+  included), each anchor's own slot excluded from its positives.
+
+  Args:
+    loss: `multi_similarity_loss`, `ntxent_loss` or `supcon_loss` of this module.
+    embedding_size: D.
+    memory_size: M >= the batch size.
+  """
+
+  def __init__(self, loss, embedding_size: int, memory_size: int):
+    self.loss = loss
+    self.embeddings = np.zeros((memory_size, embedding_size), np.float64)
+    self.labels = np.zeros(memory_size, np.int64)
+    self.count = 0
+    self.position = 0
+
+  def __call__(self, labels, embeddings, **options):
+    embeddings = _as_float64_matrix(embeddings, "embeddings")
+    memory_size = self.labels.shape[0]
+    slots = (self.position + np.arange(embeddings.shape[0])) % memory_size
+    self.embeddings[slots] = embeddings
+    self.labels[slots] = labels
+    self.count = min(self.count + embeddings.shape[0], memory_size)
+    self.position = (self.position + embeddings.shape[0]) % memory_size
+    references = (self.labels[:self.count], self.embeddings[:self.count], slots)
+    return self.loss(labels, embeddings, references=references, **options)
+
+
 def _safe_ratio(numerator: float, denominator: float) -> float:
   """numerator / denominator, and 0.0 when there is nothing to divide by."""
   return float(numerator) / float(denominator) if denominator else 0.0
@@ -402,4 +582,7 @@ MINED_LOSSES = {
     "hard": triplet_hard_loss,
     "batch_all": batch_all_triplet_loss,
     "contrastive": contrastive_loss,
+    "multi_similarity": multi_similarity_loss,
+    "ntxent": ntxent_loss,
+    "supcon": supcon_loss,
 }

@@ -30,6 +30,23 @@ def check_margin(margin, name: str = "margin") -> None:
       raise ValueError(f"{name} must be >= 0, got {margin}.")
 
 
+def _is_concrete_number(value) -> bool:
+  return isinstance(value, numbers.Real) or (isinstance(value, np.ndarray) and value.ndim == 0)
+
+
+def check_finite(value, name: str) -> None:
+  """Rejects a concrete option that is not a finite number (a traced one is trusted)."""
+  if _is_concrete_number(value) and not np.isfinite(value):
+    raise ValueError(f"{name} must be finite, got {value}.")
+
+
+def check_positive(value, name: str) -> None:
+  """Rejects a concrete option that is not a finite number > 0 (a traced one is trusted)."""
+  check_finite(value, name)
+  if _is_concrete_number(value) and not value > 0:
+    raise ValueError(f"{name} must be > 0, got {value}.")
+
+
 def check_embeddings(embeddings, name: str = "embeddings"):
   embeddings = jnp.asarray(embeddings)
   if embeddings.ndim != 2:
@@ -71,18 +88,46 @@ def check_label_range(labels) -> None:
         "0..C-1 first, e.g. np.unique(labels, return_inverse=True)[1].")
 
 
+def check_label_dtype(labels) -> None:
+  """Rejects labels that are not integers (strings, floats, booleans, objects) with a
+  `TypeError` naming `labels`, before JAX tries to convert them.
+
+  Booleans are rejected too: two classes are better said with 0 and 1, and a boolean mask
+  passed by mistake would otherwise be taken for class ids.
+  """
+  if hasattr(labels, "dtype"):  # NumPy and JAX arrays, tracers included.
+    dtype = np.dtype(labels.dtype)
+  else:
+    try:
+      dtype = np.asarray(labels).dtype
+    except (OverflowError, ValueError):  # Ragged lists and the like: the rank check says.
+      return
+    if np.size(labels) == 0:  # An empty list: NumPy calls it float64.
+      return
+  if dtype.kind not in "iuO":
+    raise TypeError(
+        f"labels must be integer class ids, got dtype {dtype}; map class names or other "
+        "values to 0..C-1 first, e.g. np.unique(labels, return_inverse=True)[1], or cast "
+        "whole numbers with labels.astype(np.int32).")
+  if dtype.kind == "O" and not all(isinstance(x, numbers.Integral) and not isinstance(x, bool)
+                                   for x in np.asarray(labels).reshape(-1)):
+    raise TypeError("labels must be integer class ids, got Python objects that are not all "
+                    "integers.")
+
+
 def check_labels_and_embeddings(labels, embeddings):
   """Returns `(labels, embeddings)` as arrays after checking ranks, dtypes, batch sizes and the
   int32 range of concrete labels."""
+  check_label_dtype(labels)
   check_label_range(labels)
+  if not hasattr(labels, "dtype") or np.dtype(labels.dtype).kind == "O":
+    labels = np.asarray(labels)
+    if labels.dtype.kind == "O":  # Python integers, within int32 (checked above).
+      labels = labels.astype(np.int64)
   labels = jnp.asarray(labels)
   embeddings = check_embeddings(embeddings)
   if labels.ndim != 1:
     raise ValueError(f"labels must have shape [B], got shape {labels.shape}.")
-  if not (jnp.issubdtype(labels.dtype, jnp.integer) or labels.dtype == jnp.bool_):
-    raise TypeError(
-        f"labels must be integer class ids, got dtype {labels.dtype}; "
-        "cast them with labels.astype(jnp.int32) if they hold whole numbers.")
   if labels.shape[0] != embeddings.shape[0]:
     raise ValueError(
         f"labels and embeddings disagree on the batch size: labels has {labels.shape[0]} "

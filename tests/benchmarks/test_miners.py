@@ -63,3 +63,18 @@ def test_benchmark_script_times_the_xla_mining_backend(tmp_path):
   # A child process that imported JAX and ran the case: far above an empty interpreter's 10 MB.
   assert case["memory"]["peak_rss_mb"] > 50
   assert case["peak_mb"] == case["memory"]["peak_rss_mb"]
+
+
+def test_benchmark_script_times_the_losses_of_cosine_similarities_beside_the_peer(tmp_path):
+  results = miners.main(["--batch-sizes", "16", "--dims", "4", "--losses", "multi_similarity",
+                         "ntxent", "--modes", "forward+backward", "--memory", "xla",
+                         "--min-time", "0.001", "--out", str(tmp_path / "miners.json")])
+  for case in results["cases"]:
+    labels, embeddings = miners.make_inputs(case["batch_size"], case["dim"], case["classes"])
+    expected = reference.MINED_LOSSES[case["loss"]](labels, embeddings)  # Default options.
+    for name in ("jax_loss", "numpy_loss"):
+      np.testing.assert_allclose(case[name], expected, rtol=1e-5, err_msg=name)
+    assert case["grad_max_abs_difference"] <= 1e-4 * case["grad_max_abs"]
+    if case["pml_ms"] is not None:  # pytorch-metric-learning is installed.
+      np.testing.assert_allclose(case["pml_loss"], expected, rtol=1e-5)
+      assert case["pml_ms"] == pytest.approx(float(np.median(case["pml_runs_ms"])), rel=1e-12)

@@ -40,6 +40,18 @@ def gather(x: jax.Array, axis_name: str) -> jax.Array:
   return jax.lax.all_gather(x, axis_name, tiled=True)
 
 
+def gather_replicated(x: jax.Array, axis_name: str) -> jax.Array:
+  """`gather(x)`, typed as the same on every device (a `psum` of each device's rows placed in
+  zeros, exact but for the sign of a zero), for state that leaves `shard_map` replicated
+  (`out_specs=P()`), such as a cross-batch memory. Not differentiable through: for values
+  that carry no gradient."""
+  local = x.shape[0]
+  start = jax.lax.axis_index(axis_name) * local
+  placed = jax.lax.dynamic_update_slice_in_dim(
+      jnp.zeros((axis_size(axis_name) * local, *x.shape[1:]), x.dtype), x, start, axis=0)
+  return jax.lax.psum(placed, axis_name)
+
+
 def total(x, axis_name: str | None):
   """The sum of `x` over the devices of `axis_name` (a pytree); `x` itself when None."""
   return x if axis_name is None else jax.lax.psum(x, axis_name)

@@ -44,7 +44,13 @@ def config_with(key: str, value):
     ("optimizer.momentum", 1.5, "number in [0, 1)"),
     ("optimizer.warmup_steps", -1, "integer >= 0"),
     ("optimizer.grad_clip_norm", -1.0, "finite number >= 0"),
-    ("loss.name", "semi_hard", "one of 'batch_all', 'contrastive', 'hard', 'semihard'"),
+    ("loss.name", "semi_hard", "one of 'batch_all', 'contrastive', 'hard', 'multi_similarity', "
+     "'ntxent', 'semihard', 'supcon'"),
+    ("loss.alpha", 0.0, "finite number > 0"),
+    ("loss.beta", -1.0, "finite number > 0"),
+    ("loss.base", float("nan"), "finite number >= -1"),
+    ("loss.epsilon", -0.1, "finite number >= 0"),
+    ("loss.temperature", 0.0, "finite number > 0 or None"),
     ("loss.metric", "cosine", "one of 'angular', 'l2', 'squared_l2'"),
     ("loss.mining_scope", "globl", "one of 'global', 'local', 'replicated'"),
     ("model.name", "vgg16", "one of 'hsu_cnn'"),
@@ -76,6 +82,19 @@ def test_every_loss_takes_every_mining_scope(name):
   for scope in ("global", "local", "replicated"):
     config = config_with("loss.mining_scope", scope)
     config.loss.name = name
+    checks.check_config(config)
+
+
+def test_the_losses_of_cosine_similarities_take_their_options_and_only_theirs():
+  config = config_with("loss.name", "ntxent")
+  config.loss.temperature = 0.2
+  checks.check_config(config)
+  options = {"loss.name": "multi_similarity", "loss.alpha": 1.0, "loss.epsilon": 0.2,
+             "loss.mining": False}
+  checks.check_config(runs.override(defaults.get_config(), options))
+  config = config_with("loss.temperature", 0.2)  # The default loss is semi-hard.
+  with pytest.raises(errors.ConfigError, match=r"^config\.loss\.temperature=0\.2: loss "
+                     r"'semihard' has no such option"):
     checks.check_config(config)
 
 

@@ -9,9 +9,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
+from tests.app import runs
 from tests.app.runs import tiny_config
 from tests.subprocesses import run_on_devices
+from tripletjax import losses
+from tripletjax.app.config import defaults
 from tripletjax.app.devices import mesh as mesh_lib
 from tripletjax.app.loop import checks
 from tripletjax.app.step import train_step
@@ -104,3 +108,20 @@ def test_train_steps_on_2_devices_equal_1_device(tmp_path):
   for key in single:
     if key.startswith("params"):
       assert np.abs(single[key] - single["initial" + key[len("params"):]]).max() > 1e-5, key
+
+
+@pytest.mark.parametrize("name, options, expected_options", [
+    ("ntxent", {}, {}),  # temperature None: the loss's own 0.07.
+    ("supcon", {"loss.temperature": 0.2}, {"temperature": 0.2}),
+    ("multi_similarity", {"loss.alpha": 1.0, "loss.mining": False},
+     {"alpha": 1.0, "beta": 50.0, "base": 0.5, "epsilon": 0.1, "mining": False}),
+])
+def test_the_loss_function_of_a_loss_of_cosine_similarities(name, options, expected_options):
+  config = runs.override(defaults.get_config(), {"loss.name": name, **options})
+  labels = np.array([0, 0, 1, 1, 2, 2], np.int32)
+  embeddings = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+  loss, stats = train_step.make_loss_fn(config.loss)(labels, embeddings)
+  expected, expected_stats = losses.MINED_LOSSES[name](labels, embeddings, return_stats=True,
+                                                       **expected_options)
+  assert float(loss) == float(expected)
+  assert set(stats) == set(expected_stats) == set(losses.MINED_LOSSES[name].stats)

@@ -90,7 +90,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.forward_chunks = 1
 
   config.loss = ml_collections.ConfigDict()
-  # Labelled data: semihard | hard | batch_all | contrastive; pairs: triplet (squared L2).
+  # Labelled data: semihard | hard | batch_all | contrastive | multi_similarity | ntxent |
+  # supcon (docs/comparison-losses.md); pairs: triplet (squared L2).
   config.loss.name = "semihard"
   config.loss.margin = 0.5
   config.loss.metric = "l2"  # l2 | squared_l2 | angular
@@ -98,6 +99,16 @@ def get_config() -> ml_collections.ConfigDict:
   # semihard, batch_all: where rows are sorted and mined, auto | numpy | xla
   # (tripletjax.mining.backend decides what "auto" means on this machine).
   config.loss.mining_backend = "auto"
+  # multi_similarity only (pytorch-metric-learning's defaults): the weights of the positive
+  # and negative pairs, the similarity both are centred on, and the miner's margin (mining:
+  # False uses every pair).
+  config.loss.alpha = 2.0
+  config.loss.beta = 50.0
+  config.loss.base = 0.5
+  config.loss.epsilon = 0.1
+  config.loss.mining = True
+  # ntxent, supcon only: the temperature; None is the loss's own default (0.07, 0.1).
+  config.loss.temperature = ml_collections.FieldReference(None, field_type=float)
   # With several devices, who mines what (tripletjax/sharded.py):
   #   "global": each device mines its rows against the gathered embeddings of all devices:
   #     the loss of the whole global batch, as on one device, O(B^2 / devices) per device;

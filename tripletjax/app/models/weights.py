@@ -525,7 +525,7 @@ def check_config(check: checker.Checker) -> None:
                f"into {model_name!r}")
   if not isinstance(weights_path, str) or not os.path.isfile(weights_path):
     check.fail("model.weights", "no such file",
-               "nothing is downloaded at run time; the README's 'Pretrained backbones' says "
+               "nothing is downloaded at run time; docs/pretrained-backbones.md says "
                "where to get the files")
   try:
     find_format(weights_path)

@@ -36,8 +36,12 @@ class RunLogs:
   def steps(self, step: int, epoch: int, skipped_steps: int, record: dict) -> None:
     """The mean metrics of the steps up to `step`: logged, shown, and given to the monitor."""
     self.train.write(step, {"epoch": epoch, "skipped_steps": skipped_steps, **record})
+    # The losses of cosine similarities have no active fraction: their mean positive
+    # similarity instead.
+    shown = {"active": "fraction_active", "positive": "mean_positive_similarity"}
     self.progress.set_postfix(loss=f"{record['loss']:.4f}",
-                              active=f"{record['fraction_active']:.3f}")
+                              **{label: f"{record[key]:.3f}" for label, key in shown.items()
+                                 if key in record})
     for warning in self.monitor.update(step, record):
       if self.is_main:
         self.progress.write(f"warning: {warning}")

@@ -41,7 +41,8 @@ def make_loss_fn(loss_config: ml_collections.ConfigDict,
       `loss_config.mining_backend`.
   """
   loss = losses.MINED_LOSSES[loss_config.name]
-  options = {name: loss_config[name] for name in loss.options}
+  # None (the temperature's default): the loss's own default.
+  options = {name: loss_config[name] for name in loss.options if loss_config[name] is not None}
   if loss.sorts_rows and mining_backend is not None:
     options["mining_backend"] = mining_backend
   return functools.partial(loss.fn, return_stats=True, **options)

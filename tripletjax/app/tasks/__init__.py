@@ -99,6 +99,12 @@ def check_loss_config(check: checker.Checker) -> None:
   check.boolean("loss.soft")
   check.choice("loss.mining_backend", mining.BACKENDS)
   check.choice("loss.mining_scope", sharded.MINING_SCOPES)
+  check.number("loss.alpha", minimum=0.0, exclusive_minimum=True)
+  check.number("loss.beta", minimum=0.0, exclusive_minimum=True)
+  check.number("loss.base", minimum=-1.0)
+  check.number("loss.epsilon", minimum=0.0)
+  check.boolean("loss.mining")
+  check.number("loss.temperature", minimum=0.0, exclusive_minimum=True, optional=True)
   # An option of another loss set away from its default would be silently ignored.
   mined = losses.MINED_LOSSES.get(config.loss.name)
   loss_options = mined.options if mined else ("margin",)
