@@ -17,6 +17,7 @@ import sys
 from typing import Sequence
 
 from tripletjax.app.inference import commands
+from tripletjax.app.inference import workdirs
 
 
 def _parser():
@@ -29,13 +30,13 @@ def _parser():
 
 def run(argv: Sequence[str] | None = None) -> None:
   args = commands.parse(_parser(), argv)
+  workdirs.check_is_run(args.workdir)  # Before JAX and flax load: seconds.
   from tripletjax.app.inference import outputs  # pylint: disable=import-outside-toplevel
   outputs.check_path(args.out)
   commands.set_cpu_devices(args.cpu_devices)
   import numpy as np  # pylint: disable=import-outside-toplevel
   from tripletjax.app.inference import embedder as embedder_lib  # pylint: disable=import-outside-toplevel
   from tripletjax.app.inference import sources  # pylint: disable=import-outside-toplevel
-  embedder_lib.read_run_config(args.workdir)  # Not a run: an error before any work.
   embedder = embedder_lib.load_embedder(args.workdir, args.step, args.batch_size)
   images = sources.read_images(embedder, args.images)
   print(f"Embedding {len(images)} images with {args.workdir} (step {embedder.step}).",

@@ -22,6 +22,7 @@ import sys
 from typing import Sequence
 
 from tripletjax.app.inference import commands
+from tripletjax.app.inference import workdirs
 
 # The largest difference between the exported function and the embedder that passes the check.
 TOLERANCE = 1e-6
@@ -35,11 +36,11 @@ def _parser():
 
 def run(argv: Sequence[str] | None = None) -> None:
   args = commands.parse(_parser(), argv)
+  workdirs.check_is_run(args.workdir)  # Before JAX and flax load: seconds.
   commands.set_cpu_devices(args.cpu_devices)
   import numpy as np  # pylint: disable=import-outside-toplevel
   from tripletjax.app.inference import embedder as embedder_lib  # pylint: disable=import-outside-toplevel
   from tripletjax.app.inference import export  # pylint: disable=import-outside-toplevel
-  embedder_lib.read_run_config(args.workdir)  # Not a run: an error before any work.
   embedder = embedder_lib.load_embedder(args.workdir, args.step, args.batch_size)
   meta = export.export_embedder(embedder, args.out)
   images = np.random.default_rng(0).uniform(size=(3, *embedder.input_shape)).astype(np.float32)

@@ -27,6 +27,7 @@ from typing import Sequence
 
 from tripletjax.app import errors
 from tripletjax.app.inference import commands
+from tripletjax.app.inference import workdirs
 
 
 def _parser():
@@ -52,6 +53,7 @@ def _parser():
 
 def run(argv: Sequence[str] | None = None) -> None:
   args = commands.parse(_parser(), argv)
+  workdirs.check_is_run(args.workdir)  # Before JAX and flax load: seconds.
   from tripletjax.app.inference import search  # pylint: disable=import-outside-toplevel
   search.check_k(args.k)
   if not args.query and not args.pair:
@@ -59,7 +61,6 @@ def run(argv: Sequence[str] | None = None) -> None:
   commands.set_cpu_devices(args.cpu_devices)
   from tripletjax.app.inference import embedder as embedder_lib  # pylint: disable=import-outside-toplevel
   from tripletjax.app.inference import sources  # pylint: disable=import-outside-toplevel
-  embedder_lib.read_run_config(args.workdir)  # Not a run: an error before any work.
   embedder = embedder_lib.load_embedder(args.workdir, args.step, args.batch_size)
   for first, second in args.pair:
     _print_pair(embedder, sources, first, second)

@@ -12,6 +12,12 @@ The command lines are `python -m tripletjax.embed`, `tripletjax.search` and
 `tripletjax.export`.
 """
 
-from tripletjax.app.inference.embedder import Embedder, load_embedder
-
 __all__ = ["Embedder", "load_embedder"]
+
+
+def __getattr__(name):
+  # Imported on first use: the command lines check their flags before flax and JAX load.
+  if name in __all__:
+    from tripletjax.app.inference import embedder  # pylint: disable=import-outside-toplevel
+    return getattr(embedder, name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

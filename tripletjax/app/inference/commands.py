@@ -48,9 +48,15 @@ def parse(arg_parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> ar
 
 def set_cpu_devices(count: int | None) -> None:
   """One JAX device per core on a CPU-only machine, as `python -m tripletjax.main` uses: the
-  embeddings are then those of the run's evaluation, bit for bit. Before JAX starts."""
+  embeddings are then those of the run's evaluation, bit for bit. Where JAX has started
+  already (the command called from a program), its devices stay as they are."""
   import jax  # pylint: disable=import-outside-toplevel
-  jax.config.update("jax_num_cpu_devices", count or len(os.sched_getaffinity(0)))
+  try:
+    jax.config.update("jax_num_cpu_devices", count or len(os.sched_getaffinity(0)))
+  except RuntimeError:  # "should be updated before backends are initialized".
+    if count is not None:
+      raise errors.ConfigError(f"--cpu_devices={count}: JAX has started already in this "
+                               "process; its devices cannot change") from None
 
 
 def main_guard(run: Callable[[Sequence[str] | None], None],

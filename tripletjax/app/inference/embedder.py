@@ -35,8 +35,9 @@ from tripletjax.app.config import resume
 from tripletjax.app.data import datasets
 from tripletjax.app.data import images as images_lib
 from tripletjax.app.data import pipeline as pipeline_lib
+from tripletjax.app.inference import workdirs
 
-CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINTS_DIR = workdirs.CHECKPOINTS_DIR
 # Images embedded per compiled call: the evaluation's chunk size, so that the embeddings are
 # the evaluation's bit for bit (rounded up to a multiple of devices x forward chunks).
 EVAL_BATCH_SIZE = 1024
@@ -64,14 +65,8 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
   Raises:
     errors.WorkdirError: `workdir` is not a training run (no config.json, no checkpoints/).
   """
-  if not os.path.isdir(workdir):
-    raise errors.WorkdirError(f"--workdir={workdir}: no such folder")
+  workdirs.check_is_run(workdir)
   recorded = resume.read_recorded(workdir)
-  if recorded is None or not os.path.isdir(os.path.join(workdir, CHECKPOINTS_DIR)):
-    raise errors.WorkdirError(
-        f"--workdir={workdir}: not a training run (it has no {resume.CONFIG_FILE} and "
-        f"{CHECKPOINTS_DIR}/)",
-        hint="pass the --workdir a `python -m tripletjax.main` run wrote")
   return ml_collections.ConfigDict(_merge(resume.as_plain_dict(defaults.get_config()),
                                           recorded))
 
