@@ -68,8 +68,8 @@ def plot_neighbours(query_images: Sequence[np.ndarray], query_titles: Sequence[s
       of a bool array can be masked by passing an object array holding None.
   """
   num_queries, k = similarities.shape
-  figure, axes = plt.subplots(num_queries, k + 1,
-                              figsize=(max(1.5 * (k + 1), 4.5), 1.8 * num_queries + 0.4),
+  height = 1.8 * num_queries + 0.6  # Inches; the top 0.6 for the title.
+  figure, axes = plt.subplots(num_queries, k + 1, figsize=(max(1.5 * (k + 1), 4.5), height),
                               squeeze=False)
   for row in range(num_queries):
     _show(axes[row, 0], query_images[row], f"query\n{query_titles[row]}", "black", 1)
@@ -81,7 +81,7 @@ def plot_neighbours(query_images: Sequence[np.ndarray], query_titles: Sequence[s
   legend = "cosine similarity" + ("\ngreen: same class, red: another class"
                                   if correct is not None else "")
   figure.suptitle(f"query -> {k} nearest, {legend}", fontsize=8)
-  figure.tight_layout()
+  figure.tight_layout(rect=(0, 0, 1, 1 - 0.6 / height))
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
   figure.savefig(out_path, dpi=100)
   plt.close(figure)
