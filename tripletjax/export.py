@@ -31,6 +31,9 @@ TOLERANCE = 1e-6
 def _parser():
   parser = commands.parser("tripletjax.export", __doc__.splitlines()[0])
   parser.add_argument("--out", default="embedder.jax", help="The exported file.")
+  parser.add_argument("--saved_model", default=None,
+                      help="Also write a TensorFlow SavedModel into this folder (needs "
+                           "TensorFlow).")
   return parser
 
 
@@ -51,6 +54,9 @@ def run(argv: Sequence[str] | None = None) -> None:
         f"float32 [batch, {', '.join(map(str, embedder.input_shape))}] in [0, 1] -> "
         f"[batch, {embedder.embedding_dim}]) and {export.metadata_path(args.out)}; checked: "
         f"max |difference| {error:.2g}. Load it with:\n\n{meta['loader']}")
+  if args.saved_model:
+    print(f"Wrote the SavedModel {export.export_saved_model(embedder, args.saved_model)} "
+          "(signature serving_default).")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from tripletjax.app import errors
+
 # Lowered for these platforms, in order of preference; those whose lowering fails here are
 # left out (the metadata lists the ones the file holds).
 PLATFORMS = ("cpu", "cuda")
@@ -106,6 +108,28 @@ def export_embedder(embedder, path: str) -> dict:
   with open(metadata_path(path), "w", encoding="utf-8") as f:
     json.dump(meta, f, indent=2)
   return meta
+
+
+def export_saved_model(embedder, directory: str) -> str:
+  """Writes the embedder as a TensorFlow SavedModel (for TF Serving) to `directory`: its
+  `serving_default` signature maps float32 [batch, H, W, C] to [batch, E]. Needs TensorFlow
+  (`jax2tf` wraps the same StableHLO the `.jax` file holds)."""
+  try:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from jax.experimental import jax2tf  # pylint: disable=import-outside-toplevel
+  except ImportError as error:
+    raise errors.MissingDependencyError(
+        f"--saved_model needs TensorFlow, which cannot be imported ({error})",
+        "pip install tensorflow-cpu; the .jax export needs only JAX") from error
+  height, width, channels = embedder.input_shape
+  converted = jax2tf.convert(_embedding_function(embedder), with_gradient=False,
+                             polymorphic_shapes=[f"(b, {height}, {width}, {channels})"])
+  module = tf.Module()
+  module.embed = tf.function(
+      converted, autograph=False,
+      input_signature=[tf.TensorSpec([None, height, width, channels], tf.float32)])
+  tf.saved_model.save(module, directory, signatures={"serving_default": module.embed})
+  return directory
 
 
 def metadata_path(path: str) -> str:

@@ -132,10 +132,12 @@ class TestSet:
   """The run's own evaluation data.
 
   Attributes:
-    gallery: what the evaluation searches: the labelled test split (leave-one-out), or, for
-      a pair run, the right images of its validation pairs.
-    queries: what "test:<i>" names: the gallery itself (labelled), or the left images of the
-      validation pairs (pairs; query i's match is gallery image i).
+    gallery: what the evaluation searches: the labelled test split (leave-one-out), its
+      gallery images (a query/gallery split: In-Shop), or, for a pair run, the right images
+      of its validation pairs.
+    queries: what "test:<i>" names: the gallery itself (leave-one-out), the query images
+      (In-Shop), or the left images of the validation pairs (pairs; query i's match is
+      gallery image i).
     queries_in_gallery: whether query i is gallery image i (then left out of its own search).
   """
   gallery: ImageSet
@@ -155,9 +157,12 @@ def _labelled_test_set(config) -> TestSet:
     names = np.asarray(test.images.source.paths, dtype=str)
   else:
     names = np.asarray([f"{TEST_PREFIX}{i}" for i in range(len(test))], dtype=str)
-  gallery = ImageSet(test.images, test.labels.astype(np.int64), tuple(dataset.class_names),
-                     names)
-  return TestSet(gallery, gallery, True, dataset.close)
+  everything = ImageSet(test.images, test.labels.astype(np.int64), tuple(dataset.class_names),
+                        names)
+  if test.is_query is not None:  # In-Shop: queries searched in a separate gallery.
+    return TestSet(subset(everything, np.flatnonzero(~test.is_query)),
+                   subset(everything, np.flatnonzero(test.is_query)), False, dataset.close)
+  return TestSet(everything, everything, True, dataset.close)
 
 
 def _pair_test_set(config) -> TestSet:
