@@ -17,10 +17,10 @@ from PIL import Image
 from tests import subprocesses
 from tests.app.runs import tiny_config
 from tripletjax.app import errors
-from tripletjax.app import reports
-from tripletjax.app import retrieval
-from tripletjax.app import tasks
-from tripletjax.app import train
+from tripletjax.app.evaluation import search as search_lib
+from tripletjax.app.loop import train
+from tripletjax.app.outputs import reports
+from tripletjax.app.tasks import labelled
 from tripletjax.app.inference import export
 from tripletjax.app.inference import index as index_lib
 from tripletjax.app.inference import load_embedder
@@ -47,7 +47,7 @@ def embedder(run_dir):
 
 @pytest.fixture(scope="module")
 def test_split(embedder):
-  dataset = tasks.load_labelled_data(embedder.config)
+  dataset = labelled.load_labelled_data(embedder.config)
   return dataset.test
 
 
@@ -93,8 +93,8 @@ def test_search_gives_the_evaluation_neighbours_and_precision(run_dir, embedder,
   index = index_lib.build_index(embedder, test.gallery, "test")
   everything = np.arange(len(index))
   neighbours = index.search(index.embeddings, 4, everything, backend="numpy")
-  unit = retrieval._l2_normalize(index.embeddings)  # pylint: disable=protected-access
-  ((rows, expected),) = list(retrieval._neighbour_chunks(  # pylint: disable=protected-access
+  unit = search_lib.l2_normalize(index.embeddings)
+  ((_, expected),) = list(search_lib.neighbour_chunks(
       unit, unit, np.full(len(index), 4), leave_one_out=True, chunk_size=1000))
   np.testing.assert_array_equal(neighbours.ids, expected)
   faiss_neighbours = index.search(index.embeddings, 4, everything, backend="faiss")

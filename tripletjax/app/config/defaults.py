@@ -15,7 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_epochs = 1
   config.checkpoint_every_epochs = 1
   config.quiet = False  # True hides the progress bar.
-  # How a train step computes its gradient (tripletjax/app/virtual_batch.py):
+  # How a train step computes its gradient (tripletjax/app/step/virtual_batch.py):
   #   "direct": forward pass, loss and backward pass in one compiled program;
   #   "split": the step split at the embeddings, the loss computed between two programs (on a
   #     CPU its sorting miners then run in NumPy, whatever the number of devices);

@@ -4,7 +4,7 @@ The model is rebuilt from the run's `config.json` with the trainer's own code
 (`train_step.build_trainer`), its checkpoint (the latest, or a given step) is restored onto the
 devices present, and images are embedded exactly as the run's evaluation embeds them: in
 evaluation mode (BatchNorm statistics, no dropout), in chunks padded to one batch size (one
-compilation) and sharded over the devices (`evaluation.embed_chunks`), image files decoded
+compilation) and sharded over the devices (`evaluate.embed_chunks`), image files decoded
 and cropped by the evaluation's transform (`pipeline.InputPipeline.eval_chunks`). On the same
 devices the embeddings are therefore bit for bit those of the run's final evaluation.
 
@@ -24,18 +24,19 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from tripletjax.app import checkpointing
 from tripletjax.app import errors
-from tripletjax.app import evaluation
-from tripletjax.app import parallel
 from tripletjax.app import tasks
-from tripletjax.app import train_step
 from tripletjax.app.config import defaults
 from tripletjax.app.config import resume
 from tripletjax.app.data import datasets
 from tripletjax.app.data import images as images_lib
 from tripletjax.app.data import pipeline as pipeline_lib
+from tripletjax.app.devices import mesh as mesh_lib
+from tripletjax.app.evaluation import evaluate
 from tripletjax.app.inference import workdirs
+from tripletjax.app.loop import checkpointing
+from tripletjax.app.step import train_step
+from tripletjax.app.tasks import labelled
 
 CHECKPOINTS_DIR = workdirs.CHECKPOINTS_DIR
 # Images embedded per compiled call: the evaluation's chunk size, so that the embeddings are
@@ -91,7 +92,7 @@ def input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
     return (data.image_size, data.image_size, data.image_channels)
   if data.name in ARRAY_INPUT_SHAPES:
     return ARRAY_INPUT_SHAPES[data.name]
-  dataset = tasks.load_labelled_data(config)  # tfds: the shape is the data's own.
+  dataset = labelled.load_labelled_data(config)  # tfds: the shape is the data's own.
   try:
     return tuple(dataset.image_shape)
   finally:
@@ -117,7 +118,7 @@ def _restore(trainer, workdir: str, step: int | None, mesh) -> int:
     elif step not in steps:
       raise errors.WorkdirError(f"--step={step}: {workdir} has no checkpoint of that step "
                                 f"(its steps: {', '.join(map(str, steps))})")
-    replicated = parallel.replicated(mesh)
+    replicated = mesh_lib.replicated(mesh)
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
         train_step.training_state(trainer))
@@ -225,7 +226,7 @@ class Embedder:
                dynamic_ncols=True)
     try:
       for chunk in self.chunks(images):
-        embeddings = evaluation.embed_chunks(self.trainer, self.mesh, [chunk], self.batch_size)
+        embeddings = evaluate.embed_chunks(self.trainer, self.mesh, [chunk], self.batch_size)
         bar.update(len(chunk))
         yield embeddings
     finally:
@@ -266,7 +267,7 @@ def load_embedder(workdir: str, step: int | None = None,
   """
   config = read_run_config(workdir)
   shape = input_shape(config)
-  mesh = parallel.make_mesh()
+  mesh = mesh_lib.make_mesh()
   opt = config.optimizer
   # The optimizer's state is restored with the model (the checkpoint holds both); the
   # schedule's length does not change its structure.

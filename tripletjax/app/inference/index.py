@@ -6,8 +6,8 @@ a folder, a list of files) and keeps, per image, its embedding, label (-1: unkno
 write and read one `.npz` file (no pickles).
 
 `Index.search` ranks the gallery by cosine similarity with the evaluation's neighbour search
-(`retrieval`): the same float64 similarities ranked at float32 resolution, ties to the lower
-gallery index, exact NumPy by default and faiss where `retrieval.resolve_backend` picks it
+(`evaluation.search`): the same float64 similarities ranked at float32 resolution, ties to the lower
+gallery index, exact NumPy by default and faiss where `search.resolve_search_backend` picks it
 (installed, and a gallery of at least `config.eval.faiss_min_size`); both give the same
 neighbours. A query that is itself a gallery image is left out of its own neighbours, as in
 the evaluation's leave-one-out.
@@ -22,7 +22,8 @@ import os
 import numpy as np
 
 from tripletjax.app import errors
-from tripletjax.app import retrieval
+from tripletjax.app.evaluation import retrieval
+from tripletjax.app.evaluation import search as search_lib
 from tripletjax.app.inference import sources
 
 INDEX_FORMAT = 1
@@ -89,7 +90,7 @@ class Index:
 
   def search(self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None, *,
              backend: str = "auto",
-             faiss_min_size: int = retrieval.FAISS_MIN_REFERENCES) -> Neighbours:
+             faiss_min_size: int = search_lib.FAISS_MIN_REFERENCES) -> Neighbours:
     """The `k` most similar gallery images of each query.
 
     Args:
@@ -110,12 +111,12 @@ class Index:
     if k < 1:
       raise errors.DataError(f"the gallery has {len(self)} image(s): nothing to search")
     fetch = k + int(excluding)
-    unit_queries = retrieval._l2_normalize(queries)  # pylint: disable=protected-access
-    unit_gallery = retrieval._l2_normalize(self.embeddings)  # pylint: disable=protected-access
-    backend = retrieval.resolve_backend(backend, len(self), faiss_min_size,
+    unit_queries = search_lib.l2_normalize(queries)
+    unit_gallery = search_lib.l2_normalize(self.embeddings)
+    backend = search_lib.resolve_search_backend(backend, len(self), faiss_min_size,
                                         num_neighbours=fetch)
     ids = np.empty((len(queries), fetch), np.int64)
-    for rows, neighbours in retrieval._neighbour_chunks(  # pylint: disable=protected-access
+    for rows, neighbours in search_lib.neighbour_chunks(
         unit_queries, unit_gallery, np.full(len(queries), fetch), leave_one_out=False,
         chunk_size=retrieval.DEFAULT_CHUNK_SIZE, backend=backend):
       ids[rows] = neighbours

@@ -27,6 +27,8 @@ from tripletjax.app import tasks
 from tripletjax.app.data import datasets
 from tripletjax.app.data import folders
 from tripletjax.app.data import images as images_lib
+from tripletjax.app.tasks import labelled
+from tripletjax.app.tasks import pairs
 
 TEST_PREFIX = "test:"
 ALL_TEST = "test:all"
@@ -151,7 +153,7 @@ class TestSet:
 
 
 def _labelled_test_set(config) -> TestSet:
-  dataset = tasks.load_labelled_data(config)
+  dataset = labelled.load_labelled_data(config)
   test = dataset.test
   if images_lib.is_lazy(test.images):
     names = np.asarray(test.images.source.paths, dtype=str)
@@ -166,7 +168,7 @@ def _labelled_test_set(config) -> TestSet:
 
 
 def _pair_test_set(config) -> TestSet:
-  task = tasks.PairTask(config)
+  task = pairs.PairTask(config)
   validation = task.validation  # [V, 3] image ids: anchor (left), positive (right), negative.
   pair_names = tuple(str(task.pairs.names[image]) for image in validation[:, 0])
   labels = np.arange(len(validation), dtype=np.int64)
