@@ -5,7 +5,8 @@
 Writes the embedder serialised with `jax.export` (float32 [batch, H, W, C] images in [0, 1],
 the training layout, -> L2-normalised float32 [batch, E] embeddings; the batch dimension
 symbolic) and, beside it, `embedder.json`: the input's shape, layout and preprocessing, the
-output, the run and checkpoint step. It runs where only `jax` and `numpy` are installed:
+output, the run and checkpoint step. It runs where only `jax`, `numpy` and `flatbuffers`
+(`jax.export`'s file format) are installed:
 
   import jax, numpy as np
   with open("embedder.jax", "rb") as f:

@@ -9,7 +9,8 @@
   * `path` with `.json` for its extension: the input's shape, layout and preprocessing, the
     output, and the run and checkpoint it came from.
 
-Loading it needs neither flax nor tripletjax:
+Loading it needs JAX, NumPy and flatbuffers (which `jax.export.deserialize` reads the file
+with; JAX does not install it), neither flax nor tripletjax:
 
   import jax, numpy as np
   with open("embedder.jax", "rb") as f:
@@ -87,9 +88,15 @@ def export_embedder(embedder, path: str) -> dict:
   """Writes the exported embedder to `path` and its metadata to `path`'s .json; returns the
   metadata."""
   exported = export_function(embedder)
+  try:
+    serialized = exported.serialize()
+  except ImportError as error:  # "Please install 'flatbuffers' ..."
+    raise errors.MissingDependencyError(
+        f"jax.export cannot write its file format here ({error})",
+        "pip install flatbuffers (in the app extra)") from error
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "wb") as f:
-    f.write(exported.serialize())
+    f.write(serialized)
   height, width, channels = embedder.input_shape
   meta = {
       "format": "jax.export",
