@@ -35,7 +35,7 @@ def run(argv: Sequence[str] | None = None) -> None:
   outputs.check_path(args.out)
   commands.set_cpu_devices(args.cpu_devices)
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from tripletjax.app.inference import embedder as embedder_lib  # pylint: disable=import-outside-toplevel
+  from tripletjax.app.inference import embedder as embedder_lib
   from tripletjax.app.inference import sources  # pylint: disable=import-outside-toplevel
   embedder = embedder_lib.load_embedder(args.workdir, args.step, args.batch_size)
   images = sources.read_images(embedder, args.images)

@@ -43,7 +43,7 @@ def run(argv: Sequence[str] | None = None) -> None:
   workdirs.check_is_run(args.workdir)  # Before JAX and flax load: seconds.
   commands.set_cpu_devices(args.cpu_devices)
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from tripletjax.app.inference import embedder as embedder_lib  # pylint: disable=import-outside-toplevel
+  from tripletjax.app.inference import embedder as embedder_lib
   from tripletjax.app.inference import export  # pylint: disable=import-outside-toplevel
   embedder = embedder_lib.load_embedder(args.workdir, args.step, args.batch_size)
   meta = export.export_embedder(embedder, args.out)

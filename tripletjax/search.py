@@ -59,7 +59,7 @@ def run(argv: Sequence[str] | None = None) -> None:
   if not args.query and not args.pair:
     raise errors.ConfigError("nothing to do: give --query images (or --pair A B)")
   commands.set_cpu_devices(args.cpu_devices)
-  from tripletjax.app.inference import embedder as embedder_lib  # pylint: disable=import-outside-toplevel
+  from tripletjax.app.inference import embedder as embedder_lib
   from tripletjax.app.inference import sources  # pylint: disable=import-outside-toplevel
   embedder = embedder_lib.load_embedder(args.workdir, args.step, args.batch_size)
   for first, second in args.pair:
@@ -80,12 +80,12 @@ def run(argv: Sequence[str] | None = None) -> None:
                               faiss_min_size=config_eval.faiss_min_size)
     out = args.out or os.path.join(args.workdir, "search", "neighbours.png")
     search.print_neighbours(queries, index, neighbours, os.path.splitext(out)[0] + ".tsv")
-    from tripletjax.app.inference import index as index_lib  # pylint: disable=import-outside-toplevel
+    from tripletjax.app.inference import index as index_lib
     value, count = index_lib.precision_at_1(index.labels, queries.labels, neighbours,
                                             queries.exclude)
     if count:
       print(search.eval_json_line(args.workdir, embedder_lib.task_kind(embedder.config),
-                                  value, count))
+                                  value, count, on_test_set=args.gallery is None))
     print(f"Picture: {search.draw(queries, gallery, index, neighbours, out)}")
   finally:
     if test is not None:

@@ -230,3 +230,20 @@ def test_images_of_the_wrong_shape_and_empty_folders_are_user_errors(embedder, t
     embedder.embed([str(tmp_path / "broken.png")])
   with pytest.raises(errors.DataError, match="test:0 to test:199"):
     sources.test_indices(["test:200"], 200)
+
+
+def test_a_query_file_in_a_folder_gallery_is_left_out_of_its_own_neighbours(run_dir, tmp_path,
+                                                                           capsys):
+  folder = tmp_path / "gallery"
+  pixels = np.random.default_rng(2).integers(0, 256, size=(6, 8, 8), dtype=np.uint8)
+  for i, image in enumerate(pixels):
+    (folder / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(folder / "ab"[i % 2] / f"{i}.png")
+  query = folder / "a" / "0.png"
+  search_command.run(["--workdir", run_dir, "--gallery", f"folder:{folder}", "--query",
+                      os.path.relpath(query), "--k", "5", "--out", str(tmp_path / "p.png")])
+  printed = capsys.readouterr().out
+  assert f"query 1: {query} (class a)" in printed
+  neighbours = [line.split()[-1] for line in printed.splitlines() if line.startswith("  ")]
+  assert len(neighbours) == 5 and str(query) not in neighbours
+  assert "eval.json" not in printed  # Not the run's test set: nothing to compare with.

@@ -90,13 +90,18 @@ def embed_queries(embedder, specs: Sequence[str], test: sources.TestSet | None,
   if file_specs:
     files = sources.read_images(embedder, file_specs)
     row_of = {str(name): row for row, name in enumerate(gallery.names)}
-    parts.append((files, np.asarray([row_of.get(str(n), -1) for n in files.names]),
-                  gallery_labels(files)))
+    own_rows = np.asarray([row_of.get(str(n), -1) for n in files.names], np.int64)
+    in_gallery = gallery_labels(files)
+    # A query file that is a gallery image has the gallery's label for it.
+    known = (own_rows >= 0) & (in_gallery < 0)
+    in_gallery[known] = gallery.labels[own_rows[known]]
+    parts.append((files, own_rows, in_gallery))
   embeddings, names, classes, labels, exclude, images = [], [], [], [], [], []
   for image_set, own_rows, in_gallery in parts:
     embeddings.append(embedder.embed(image_set.images))
     names += [str(n) for n in image_set.names]
-    classes += [image_set.class_of(i) for i in range(len(image_set))]
+    classes += [gallery.class_names[label] if label >= 0 else image_set.class_of(i)
+                for i, label in enumerate(in_gallery)]
     labels.append(np.asarray(in_gallery, np.int64))
     exclude.append(np.asarray(own_rows, np.int64))
     images += [(image_set, i) for i in range(len(image_set))]
@@ -152,16 +157,23 @@ def draw(queries: Queries, gallery: sources.ImageSet, index: index_lib.Index,
                                  neighbours.similarities[list(shown)], correct, out_path)
 
 
-def eval_json_line(workdir: str, task: str, value: float, count: int) -> str:
-  """The implied precision@1 (pairs: recall@1) beside the run's own eval.json value."""
-  name, recorded = ("recall@1", None) if task == "pairs" else ("precision@1", None)
+def recorded_value(workdir: str, task: str) -> float | None:
+  """The run's own precision@1 (pairs: recall@1) in its eval.json; None if it has none."""
   try:
     with open(os.path.join(workdir, "eval.json")) as f:
       final = json.load(f)
-    recorded = (final["recall_at_k"]["1"] if task == "pairs" else final["precision_at_1"])
-  except (OSError, ValueError, KeyError):
-    pass
+    return float(final["recall_at_k"]["1"] if task == "pairs" else final["precision_at_1"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+
+
+def eval_json_line(workdir: str, task: str, value: float, count: int,
+                   on_test_set: bool) -> str:
+  """The implied precision@1 (pairs: recall@1), beside the run's own eval.json value when the
+  gallery is the run's test set."""
+  name = "recall@1" if task == "pairs" else "precision@1"
   line = f"{name} of these queries: {value:.6f} over {count} queries with a labelled match"
+  recorded = recorded_value(workdir, task) if on_test_set else None
   return line + (f" (the run's eval.json: {recorded:.6f})" if recorded is not None else "")
 
 

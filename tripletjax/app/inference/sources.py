@@ -81,8 +81,10 @@ def _folder_items(path: str) -> list[tuple[str, str | None]]:
 
 def _file_items(spec: str) -> list[tuple[str, str | None]]:
   """The image files of one command-line specification (a file, a folder, folder:<path>)."""
-  path = os.path.expanduser(spec[len(datasets.FOLDER_PREFIX):]
-                            if spec.startswith(datasets.FOLDER_PREFIX) else spec)
+  # Absolute paths: a query file is recognised in a gallery however either was spelt.
+  path = os.path.abspath(os.path.expanduser(spec[len(datasets.FOLDER_PREFIX):]
+                                            if spec.startswith(datasets.FOLDER_PREFIX)
+                                            else spec))
   if not os.path.exists(path):
     raise errors.DataNotFoundError(f"{spec}: no such file or folder")
   if os.path.isdir(path) or spec.startswith(datasets.FOLDER_PREFIX):
