@@ -198,3 +198,22 @@ def test_the_siamese_config_and_its_resnet50_preset_pass_the_checks():
           seed.optimizer.learning_rate) == ("resnet50", 224, "stage4.block2", "mlp", 1e-4)
   with pytest.raises(ValueError, match="Unknown preset"):
     module.get_config("resnet51")
+
+
+def test_searching_a_pair_run_gives_its_recall_and_pair_similarities(full_run, capsys):
+  """`python -m tripletjax.search` on a pair run: the validation pairs' left images against
+  their right images give the run's recall@1; `--pair` prints a pair's cosine similarity."""
+  from tripletjax import search  # pylint: disable=import-outside-toplevel
+  workdir, _ = full_run
+  with open(workdir / "eval.json") as f:
+    final = json.load(f)
+  search.run(["--workdir", str(workdir), "--query", "test:all", "--k", "1", "--out",
+              str(workdir / "search.png"), "--pair", "test:0", "test:0", "--pair", "test:0",
+              "test:1"])
+  printed = capsys.readouterr().out
+  assert (f"recall@1 of these queries: {final['recall_at_k']['1']:.6f} over "
+          f"{final['num_validation_pairs']}") in printed, printed
+  similarities = [float(line.split()[1]) for line in printed.splitlines()
+                  if line.startswith("similarity ")]
+  assert len(similarities) == 2 and similarities[0] > 0.9999
+  assert os.path.getsize(workdir / "search.png") > 0

@@ -5,9 +5,15 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
+
 from tripletjax.app.data import images as images_lib
 from tripletjax.app.outputs import exports
 from tripletjax.app.outputs import metric_logging
+
+
+# The final evaluation's test embeddings [N, E] and labels [N], in the test split's order.
+TEST_EMBEDDINGS_FILE = "test_embeddings.npz"
 
 
 def _same_dataset(run_dir: str, dataset_name: str) -> bool:
@@ -33,6 +39,10 @@ def write_exports(workdir, config, dataset, test_embeddings, final_metrics,
   """Projector files, plots and the report (with `notes` under its title): everything a
   researcher looks at."""
   limit = config.export.projector_max_points
+  # Every test embedding at full precision (the projector's TSV holds 7 digits of a few).
+  os.makedirs(workdir, exist_ok=True)
+  np.savez(os.path.join(workdir, TEST_EMBEDDINGS_FILE), embeddings=test_embeddings,
+           labels=dataset.test.labels)
   exports.write_projector_files(
       os.path.join(workdir, "projector"), test_embeddings[:limit], dataset.test.labels[:limit],
       images=_sprite_images(dataset.test.images, limit), class_names=dataset.class_names)
