@@ -161,7 +161,7 @@ class Embedder:
   batch_size: int = EVAL_BATCH_SIZE
 
   def __post_init__(self):
-    multiple = jax.device_count() * self.trainer.forward_chunks
+    multiple = jax.device_count() * self.trainer.plan.forward_chunks
     self.batch_size = -(-int(self.batch_size) // multiple) * multiple
     self.pipeline = pipeline_lib.InputPipeline(self.config.data, self.config.seed)
 
@@ -273,8 +273,7 @@ def load_embedder(workdir: str, step: int | None = None,
   # schedule's length does not change its structure.
   total_steps = int(opt.warmup_steps) + 1_000_000
   try:
-    trainer = train_step.build_trainer(config, shape, total_steps, mesh, loss_fn=_no_loss,
-                                       mining_scope="replicated")
+    trainer = train_step.build_trainer(config, shape, total_steps, mesh, loss_fn=_no_loss)
   except (ValueError, TypeError, KeyError) as error:
     if isinstance(error, errors.UserError):
       raise

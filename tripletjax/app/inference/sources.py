@@ -170,7 +170,7 @@ def _labelled_test_set(config) -> TestSet:
 
 
 def _pair_test_set(config) -> TestSet:
-  task = pairs.PairTask(config)
+  task = pairs.PairTask(config, tasks.make_plan(config))
   validation = task.validation  # [V, 3] image ids: anchor (left), positive (right), negative.
   pair_names = tuple(str(task.pairs.names[image]) for image in validation[:, 0])
   labels = np.arange(len(validation), dtype=np.int64)
