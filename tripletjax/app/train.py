@@ -29,6 +29,7 @@ from tripletjax.app import metric_logging
 from tripletjax.app import monitor as monitor_lib
 from tripletjax.app import parallel
 from tripletjax.app import preemption
+from tripletjax.app import selection as selection_lib
 from tripletjax.app import tasks
 from tripletjax.app import train_step
 from tripletjax.app.config import checks
@@ -122,6 +123,8 @@ def _train(config, workdir, changes, checkpoints, stop_signals, mesh, task) -> d
   train_seconds = meta.get("train_seconds", 0.0) if meta else 0.0
   skipped_steps = meta.get("skipped_steps", 0) if meta else 0
   window = [dict(r) for r in meta.get("window", [])] if meta else []
+  selection = selection_lib.ModelSelection(workdir, config.eval.select_by)
+  selection.resume(meta.get("selection") if meta else None, step)
   if is_main:
     if meta:
       print(f"Resuming from the checkpoint of step {step} (epoch {step / steps_per_epoch:.2f}) "
@@ -145,7 +148,8 @@ def _train(config, workdir, changes, checkpoints, stop_signals, mesh, task) -> d
     checkpoints.save(step, train_step.training_state(trainer), {
         "step": step, "epoch": epoch_done, "train_seconds": train_seconds,
         "skipped_steps": skipped_steps, "rng_counts": train_step.rng_counts(trainer.model),
-        "window": [_to_floats(record) for record in jax.device_get(window)]})
+        "window": [_to_floats(record) for record in jax.device_get(window)],
+        "selection": selection.record()})
 
   pending_flags, pending_from = [], step + 1  # Non-finite flags not yet looked at.
 
@@ -210,6 +214,7 @@ def _train(config, workdir, changes, checkpoints, stop_signals, mesh, task) -> d
       last_epoch = epoch + 1 == config.num_epochs
       if (epoch + 1) % config.eval_every_epochs == 0 or last_epoch:
         metrics, evaluated = task.evaluate(trainer, mesh, final=last_epoch)
+        selection.update(epoch + 1, step, metrics, train_step.training_state(trainer))
         eval_log.write(step, {"epoch": epoch + 1, "epoch_seconds": epoch_seconds,
                               "train_seconds": train_seconds, **metrics})
         if is_main:
@@ -223,11 +228,18 @@ def _train(config, workdir, changes, checkpoints, stop_signals, mesh, task) -> d
     train_log.close()
     eval_log.close()
     health_log.close()
+    selection.close()
   checkpoints.wait()
 
   if evaluated is None:  # Resumed after the last epoch: evaluate the restored model.
     metrics, evaluated = task.evaluate(trainer, mesh, final=True)
+  last_metrics = metrics
+  if selection.needs_restore(step):  # The final evaluation and exports: the selected epoch's.
+    selection.restore_into(trainer, mesh)
+    metrics, evaluated = task.evaluate(trainer, mesh, final=True)
+    selection.close()
   final = dict(metrics)
+  final.update(selection.summary(last_metrics, config.num_epochs, step))
   final.update(loss=config.loss.name, dataset=config.data.name, epochs=config.num_epochs,
                steps=step, train_seconds=train_seconds, skipped_steps=skipped_steps,
                health_warnings=[warning.record() for warning in monitor.warnings])

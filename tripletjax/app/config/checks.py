@@ -27,6 +27,7 @@ from tripletjax.app import faiss_index
 from tripletjax.app import models
 from tripletjax.app import optimizers
 from tripletjax.app import retrieval
+from tripletjax.app import selection
 from tripletjax.app import tasks
 from tripletjax.app import train_step
 from tripletjax.app import virtual_batch
@@ -127,6 +128,23 @@ def _check_known_keys(config: ml_collections.ConfigDict,
       _check_known_keys(value, default, f"{prefix}.{key}")
 
 
+def _check_validation_folds(check: _Checker) -> None:
+  """validation_folds 0 (off) or K >= 2, validation_fold in [0, K), not with a fraction."""
+  folds = check["data.validation_folds"]
+  if not _is_integer(folds) or folds < 0 or folds == 1:
+    _fail("data.validation_folds", folds, "must be 0 (no folds) or an integer >= 2")
+  if folds:
+    check.integer("data.validation_fold", 0, below=folds)
+    if check["data.validation_fraction"]:
+      _fail("data.validation_fraction", check["data.validation_fraction"],
+            f"must be 0 with config.data.validation_folds={folds} (both hold out validation)",
+            "set one of them to 0")
+  elif check["data.validation_fold"] != 0:
+    _fail("data.validation_fold", check["data.validation_fold"],
+          "must be 0 without config.data.validation_folds (there is no fold to hold out)",
+          "set config.data.validation_folds=K too")
+
+
 def check_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """Raises `errors.ConfigError` for the first value of `config` that is not allowed.
 
@@ -166,6 +184,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
   check.integer("data.max_train", 1, optional=True)
   check.integer("data.max_test", 1, optional=True)
   check.number("data.validation_fraction", minimum=0.0, below=1.0)
+  _check_validation_folds(check)
   try:
     splits.check_class_split(check["data.class_split"])
   except ValueError as error:
@@ -174,6 +193,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
     check.number("data.validation_fraction", minimum=0.0, exclusive_minimum=True, below=1.0)
     check.choice("data.augment", tasks.PAIR_AUGMENTATIONS)
     check.choice("batch.sampler", ["shuffled"])
+    if check["data.validation_folds"]:
+      _fail("data.validation_folds", check["data.validation_folds"],
+            "must be 0 for pairs (their validation is a fraction of the pairs)")
     if check["data.class_split"] != "none":
       _fail("data.class_split", check["data.class_split"],
             "must be 'none' for pairs (a pair's two images are its only class)")
@@ -300,6 +322,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
     raise errors.MissingDependencyError(
         "config.eval.backend='faiss': faiss is not installed", faiss_index.INSTALL_HINT)
   check.integer("eval.faiss_min_size", 1)
+  check.choice("eval.select_by", selection.SELECT_BY)
 
   check.boolean("monitor.enabled")
   check.integer("monitor.patience_steps", 1)

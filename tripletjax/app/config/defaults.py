@@ -44,6 +44,10 @@ def get_config() -> ml_collections.ConfigDict:
   # test classes are unseen (class split, SOP, In-Shop), of each class's examples otherwise.
   # Pairs: of the pairs (at least 2). 0: no validation set (labelled images).
   config.data.validation_fraction = 0.0
+  # Or hold out a fold of the training classes: validation_folds = K >= 2 cuts them into K
+  # class-disjoint folds (app/data/splits.py), fold validation_fold (0..K-1) validates. 0: off.
+  config.data.validation_folds = 0
+  config.data.validation_fold = 0
   # In-memory images: none | flip | shift | flip_shift; image files (folder:, pairs:): none |
   # flip | crop | crop_flip (app/data/augmentations.py).
   config.data.augment = "none"
@@ -132,6 +136,11 @@ def get_config() -> ml_collections.ConfigDict:
   # for galleries of at least faiss_min_size embeddings searched for at most 64 neighbours.
   config.eval.backend = "auto"
   config.eval.faiss_min_size = 20_000
+  # Model selection (app/selection.py): the run keeps the checkpoint of the evaluation with
+  # the highest value of this validation metric (validation_precision_at_1,
+  # validation_r_precision, validation_map_at_r), and its final evaluation, eval.json and
+  # exports are that epoch's. "last", or a run without a validation set: the last epoch.
+  config.eval.select_by = "validation_map_at_r"
 
   config.monitor = ml_collections.ConfigDict()
   # Warn about embedding collapse, dead mining or batches without positive pairs once a sign

@@ -18,7 +18,8 @@ and int32 labels [N]. Names:
     batch in worker threads through the `ImageOptions` transforms, never all in memory.
 
 After loading, `class_split` makes the train and test classes disjoint (`splits`), a validation
-subset may be held out of the training side, and `max_train` / `max_test` subsample.
+subset (or a fold of the training classes) may be held out of the training side, and
+`max_train` / `max_test` subsample.
 """
 
 from __future__ import annotations
@@ -176,6 +177,7 @@ class ImageOptions:
 def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0,
                  max_train: int | None = None, max_test: int | None = None,
                  class_split: str = "none", validation_fraction: float = 0.0,
+                 validation_folds: int = 0, validation_fold: int = 0,
                  image_options: ImageOptions | None = None) -> Dataset:
   """Loads a dataset by name (see the module docstring for the names).
 
@@ -192,6 +194,9 @@ def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0,
     validation_fraction: hold this fraction of the training side out for validation: of its
       classes when train and test classes are disjoint (a class split, SOP, In-Shop), of each
       class's examples otherwise; 0: no validation.
+    validation_folds, validation_fold: or, with K = validation_folds >= 2, the training
+      classes cut into K class-disjoint folds (`splits.class_folds`), fold validation_fold
+      held out for validation.
     image_options: how folder datasets decode their images (default `ImageOptions()`).
 
   Returns:
@@ -212,6 +217,7 @@ def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0,
   # Validation mirrors the test side: unseen classes when the test classes are unseen.
   disjoint = not np.intersect1d(dataset.train.classes, dataset.test.classes).size
   dataset = _hold_out_validation(dataset, validation_fraction, disjoint, seed)
+  dataset = _hold_out_fold(dataset, validation_folds, validation_fold)
   return dataclasses.replace(
       dataset,
       train=_subsample(dataset.train, max_train, seed, "max_train"),
@@ -254,6 +260,19 @@ def _hold_out_validation(dataset: Dataset, fraction: float, by_class: bool,
     held_out = splits.class_holdout(labels, fraction, seed)
   else:
     held_out = splits.stratified_holdout(labels, fraction, seed)
+  return dataclasses.replace(dataset, train=dataset.train.take(np.flatnonzero(~held_out)),
+                             validation=dataset.train.take(np.flatnonzero(held_out)))
+
+
+def _hold_out_fold(dataset: Dataset, folds: int, fold: int) -> Dataset:
+  """Fold `fold` of the K = `folds` class-disjoint folds of the training classes validates."""
+  if not folds:
+    return dataset
+  if dataset.validation is not None:
+    raise errors.ConfigError(
+        f"config.data.validation_folds={folds} and config.data.validation_fraction both hold "
+        "out a validation set.", "set one of them to 0")
+  held_out = splits.fold_holdout(dataset.train.labels, folds, fold)
   return dataclasses.replace(dataset, train=dataset.train.take(np.flatnonzero(~held_out)),
                              validation=dataset.train.take(np.flatnonzero(held_out)))
 
