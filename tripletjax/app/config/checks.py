@@ -183,6 +183,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
     _fail("data.data_dir", data_dir, "must be a folder path or None")
   check.integer("data.max_train", 1, optional=True)
   check.integer("data.max_test", 1, optional=True)
+  check.integer("data.max_validation", 1, optional=True)
   check.number("data.validation_fraction", minimum=0.0, below=1.0)
   _check_validation_folds(check)
   try:

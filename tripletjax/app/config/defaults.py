@@ -34,9 +34,11 @@ def get_config() -> ml_collections.ConfigDict:
   # | fashion_mnist> (an offline pair folder written into data_dir, app/data/pair_demo.py).
   config.data.name = "digits"
   config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
-  # At most this many training (test) examples; pairs: training (validation) pairs.
+  # At most this many training (test, validation) examples; pairs: training (validation)
+  # pairs (max_validation: labelled images only).
   config.data.max_train = ml_collections.FieldReference(None, field_type=int)
   config.data.max_test = ml_collections.FieldReference(None, field_type=int)
+  config.data.max_validation = ml_collections.FieldReference(None, field_type=int)
   # Labelled images: train and test on disjoint classes, none | half | <first>:<last>
   # (app/data/splits.py).
   config.data.class_split = "none"

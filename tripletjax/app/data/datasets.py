@@ -178,6 +178,7 @@ def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0,
                  max_train: int | None = None, max_test: int | None = None,
                  class_split: str = "none", validation_fraction: float = 0.0,
                  validation_folds: int = 0, validation_fold: int = 0,
+                 max_validation: int | None = None,
                  image_options: ImageOptions | None = None) -> Dataset:
   """Loads a dataset by name (see the module docstring for the names).
 
@@ -197,6 +198,7 @@ def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0,
     validation_folds, validation_fold: or, with K = validation_folds >= 2, the training
       classes cut into K class-disjoint folds (`splits.class_folds`), fold validation_fold
       held out for validation.
+    max_validation: the same as max_train for the validation split.
     image_options: how folder datasets decode their images (default `ImageOptions()`).
 
   Returns:
@@ -221,7 +223,9 @@ def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0,
   return dataclasses.replace(
       dataset,
       train=_subsample(dataset.train, max_train, seed, "max_train"),
-      test=_subsample(dataset.test, max_test, seed + 1, "max_test"))
+      test=_subsample(dataset.test, max_test, seed + 1, "max_test"),
+      validation=None if dataset.validation is None else _subsample(
+          dataset.validation, max_validation, seed + 2, "max_validation"))
 
 
 def _split_classes(dataset: Dataset, class_split: str) -> Dataset:
