@@ -128,9 +128,12 @@ def _check_known_keys(config: ml_collections.ConfigDict,
       _check_known_keys(value, default, f"{prefix}.{key}")
 
 
-def _check_validation_folds(check: _Checker) -> None:
+def _check_validation_folds(check: _Checker, task: str) -> None:
   """validation_folds 0 (off) or K >= 2, validation_fold in [0, K), not with a fraction."""
   folds = check["data.validation_folds"]
+  if task == "pairs" and folds != 0:
+    _fail("data.validation_folds", folds,
+          "must be 0 for pairs (their validation is a fraction of the pairs)")
   if not _is_integer(folds) or folds < 0 or folds == 1:
     _fail("data.validation_folds", folds, "must be 0 (no folds) or an integer >= 2")
   if folds:
@@ -185,7 +188,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
   check.integer("data.max_test", 1, optional=True)
   check.integer("data.max_validation", 1, optional=True)
   check.number("data.validation_fraction", minimum=0.0, below=1.0)
-  _check_validation_folds(check)
+  _check_validation_folds(check, task)
   try:
     splits.check_class_split(check["data.class_split"])
   except ValueError as error:
@@ -194,9 +197,6 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
     check.number("data.validation_fraction", minimum=0.0, exclusive_minimum=True, below=1.0)
     check.choice("data.augment", tasks.PAIR_AUGMENTATIONS)
     check.choice("batch.sampler", ["shuffled"])
-    if check["data.validation_folds"]:
-      _fail("data.validation_folds", check["data.validation_folds"],
-            "must be 0 for pairs (their validation is a fraction of the pairs)")
     if check["data.class_split"] != "none":
       _fail("data.class_split", check["data.class_split"],
             "must be 'none' for pairs (a pair's two images are its only class)")
