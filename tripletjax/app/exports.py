@@ -122,6 +122,11 @@ def _save_figure(figure, out_path) -> str:
   return out_path
 
 
+def save_figure(figure, out_path) -> str:
+  """Writes the figure's PNG and the CSV of its data series beside it; closes the figure."""
+  return _save_figure(figure, out_path)
+
+
 def _class_colours(num_classes: int) -> np.ndarray:
   """[num_classes, 4] RGBA colours: qualitative maps while they last, then a spread of turbo."""
   if num_classes <= 10:

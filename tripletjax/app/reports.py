@@ -35,6 +35,9 @@ def write_exports(workdir, config, dataset, test_embeddings, final_metrics,
                   notes: str = "") -> None:
   """Projector files, plots and the report (with `notes` under its title): everything a
   researcher looks at."""
+  if config.export.test_embeddings:
+    np.savez(os.path.join(workdir, "test_embeddings.npz"),
+             embeddings=np.asarray(test_embeddings, np.float32), labels=dataset.test.labels)
   limit = config.export.projector_max_points
   exports.write_projector_files(
       os.path.join(workdir, "projector"), test_embeddings[:limit], dataset.test.labels[:limit],

@@ -330,3 +330,4 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
 
   check.integer("export.projector_max_points", 1)
   check.boolean("export.pca_every_eval")
+  check.boolean("export.test_embeddings")

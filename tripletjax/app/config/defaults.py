@@ -153,4 +153,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.export = ml_collections.ConfigDict()
   config.export.projector_max_points = 2000
   config.export.pca_every_eval = True
+  # test_embeddings.npz (embeddings, labels) of the selected model's test split, which
+  # `python -m tripletjax.compare` concatenates over the fold models of a seed.
+  config.export.test_embeddings = True
   return config
