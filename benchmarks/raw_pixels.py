@@ -1,7 +1,8 @@
 """Retrieval on raw pixels: the baseline a learned embedding must beat, on any dataset and split.
 
 Flattens every test image to a vector and evaluates it as the trainer evaluates embeddings
-(leave-one-out, cosine similarity; `tripletjax.app.retrieval`), under the same class split.
+(leave-one-out, cosine similarity; `tripletjax.app.evaluation.retrieval`), under the same class
+split.
 
 Usage:
   python -m benchmarks.raw_pixels --dataset fashion_mnist --class-split half
@@ -19,8 +20,8 @@ import time
 
 import numpy as np
 
-from tripletjax.app import retrieval
 from tripletjax.app.data import datasets
+from tripletjax.app.evaluation import retrieval
 
 
 def main(argv=None) -> dict:

@@ -2,10 +2,10 @@
 
 For each size N and largest recall k, random 128-d embeddings of N / 5 classes of 5 (as
 Stanford Online Products' classes) are evaluated leave-one-out
-(`tripletjax.app.retrieval.retrieval_metrics`, recall at 1 and k) with each backend; both must
-give the same metrics (checked). The median of --repeats runs is reported. The neighbours each
-query needs (k here, as R <= 4) decide what faiss costs: it fetches them, then their exact
-similarities are gathered and re-ranked.
+(`tripletjax.app.evaluation.retrieval.retrieval_metrics`, recall at 1 and k) with each backend;
+both must give the same metrics (checked). The median of --repeats runs is reported. The
+neighbours each query needs (k here, as R <= 4) decide what faiss costs: it fetches them, then
+their exact similarities are gathered and re-ranked.
 
 Usage:
   python -m benchmarks.retrieval_backends --sizes 20000 --recall-k 8 50 128 1000
@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from tripletjax.app import retrieval
+from tripletjax.app.evaluation import retrieval
 
 
 def main(argv=None) -> list[dict]:

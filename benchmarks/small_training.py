@@ -3,10 +3,10 @@
 The scaling benchmark times this step on 1, 2, 4, 8 devices, and the accelerator check trains
 with it on machines that have JAX with CUDA, Flax and Optax but not the application's other
 dependencies (ml_collections, tqdm, tensorboardX, scikit-learn). It is the application's step
-(`tripletjax.app.train_step`) without its config, metrics and non-finite guard: the model of
-`tripletjax.app.models`, the batch sharded over a mesh (`tripletjax.app.parallel`), the loss
+(`tripletjax.app.step.train_step`) without its config, metrics and non-finite guard: the model of
+`tripletjax.app.models`, the batch sharded over a mesh (`tripletjax.app.devices.mesh`), the loss
 mined as `tripletjax.sharded` says, an Optax update; evaluation is leave-one-out precision@1
-by cosine similarity, as in `tripletjax.app.retrieval`.
+by cosine similarity, as in `tripletjax.app.evaluation.retrieval`.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from jax.sharding import PartitionSpec as P
 
 import tripletjax
 from tripletjax.app import models
-from tripletjax.app import parallel
+from tripletjax.app.devices import mesh as mesh_lib
 
-AXIS = parallel.DATA_AXIS
+AXIS = mesh_lib.DATA_AXIS
 
 
 def make_mesh(num_devices: int) -> jax.sharding.Mesh:

@@ -93,10 +93,10 @@ def run_case(case: dict) -> dict:
   jax.config.update("jax_num_cpu_devices", case["devices"])
   import numpy as np
 
-  from tripletjax.app import parallel
-  from tripletjax.app import train_step
   from tripletjax.app.config import checks
   from tripletjax.app.data import datasets
+  from tripletjax.app.devices import mesh as mesh_lib
+  from tripletjax.app.step import train_step
 
   config = _load_config(case["config"], case["set"])
   config.batch.batch_size = case["batch_size"]
@@ -108,10 +108,10 @@ def run_case(case: dict) -> dict:
   batch = case["batch_size"]
   indices = np.random.default_rng(0).choice(len(dataset.train.labels), batch,
                                             replace=batch > len(dataset.train.labels))
-  mesh = parallel.make_mesh()
+  mesh = mesh_lib.make_mesh()
   trainer = train_step.build_trainer(config, dataset.train.images.shape[1:], 1000, mesh)
   assert trainer.step_kind == case["step"], trainer.step_kind
-  images, labels = parallel.shard_batch(mesh, dataset.train.images[indices],
+  images, labels = mesh_lib.shard_batch(mesh, dataset.train.images[indices],
                                         dataset.train.labels[indices].astype(np.int32))
 
   def one_step() -> float:

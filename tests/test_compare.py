@@ -10,7 +10,7 @@ import pytest
 
 from tests import subprocesses
 from tripletjax import compare
-from tripletjax.app import retrieval
+from tripletjax.app.evaluation import retrieval
 
 SEEDS = (0, 1, 2)
 MARGINS = (0.2, 0.5)
@@ -23,7 +23,7 @@ T_975_2 = 4.302652729
 SWEEP_SCRIPT = """
 import sys
 from tests.app.runs import tiny_config
-from tripletjax.app import train
+from tripletjax.app.loop import train
 root = sys.argv[1]
 for margin in (0.2, 0.5):
   for seed in (0, 1, 2):

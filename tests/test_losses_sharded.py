@@ -34,14 +34,14 @@ from tripletjax.mining import blocks
 SCRIPT = """
     import jax, numpy as np
     import tripletjax as tj
-    from tripletjax.app import parallel
+    from tripletjax.app.devices import mesh as mesh_lib
 
     assert jax.device_count() == 4
-    mesh = parallel.make_mesh()
+    mesh = mesh_lib.make_mesh()
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 8)).astype(np.float32)
     y = rng.integers(0, 5, 64).astype(np.int32)
-    xs, ys = parallel.shard_batch(mesh, x, y)
+    xs, ys = mesh_lib.shard_batch(mesh, x, y)
     assert len(xs.sharding.device_set) == 4
     for fn in [tj.triplet_semihard_loss, tj.triplet_hard_loss, tj.batch_all_triplet_loss,
                tj.contrastive_loss]:
@@ -66,12 +66,12 @@ MINING_SCRIPT = """
     import jax, numpy as np
     import tripletjax as tj
     from tripletjax.mining import blocks
-    from tripletjax.app import parallel
+    from tripletjax.app.devices import mesh as mesh_lib
 
     LOSSES = {"semihard": tj.triplet_semihard_loss, "batch_all": tj.batch_all_triplet_loss}
     inputs_path, cases, outputs_path = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
     assert jax.device_count() == 4
-    mesh = parallel.make_mesh()
+    mesh = mesh_lib.make_mesh()
     inputs, outputs = np.load(inputs_path), {}
     for case in cases:
       name = case["name"]
@@ -79,7 +79,7 @@ MINING_SCRIPT = """
       loss_fn = functools.partial(LOSSES[case["variant"]], metric=case["metric"],
                                   return_stats=True, mining_backend="xla")
       step = jax.jit(jax.value_and_grad(lambda e, y, m: loss_fn(y, e, margin=m), has_aux=True))
-      embeddings, labels = parallel.shard_batch(mesh, inputs[case["batch"] + "/embeddings"],
+      embeddings, labels = mesh_lib.shard_batch(mesh, inputs[case["batch"] + "/embeddings"],
                                              inputs[case["batch"] + "/labels"])
       # Each device holds its own quarter of the rows.
       outputs[name + "/devices"] = len(embeddings.sharding.device_set)

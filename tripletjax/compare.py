@@ -147,7 +147,7 @@ def _cell(values, digits: int = 4) -> str:
 def fold_ensembles(runs: list[Run]) -> dict:
   """{seed: metrics} of the concatenated test embeddings of the K fold models of each seed
   whose K folds all exported them (and embedded the same test examples)."""
-  from tripletjax.app import retrieval
+  from tripletjax.app.evaluation import retrieval
   by_seed: dict = {}
   for run in runs:
     if run.folds >= 2:
@@ -204,7 +204,7 @@ def _validation_key(runs: list[Run]) -> str:
 def plot_validation_curves(groups: dict[str, list[Run]], out_path: str) -> str:
   """Each group's mean validation curve by epoch, with its 95% interval as a band."""
   import matplotlib.pyplot as plt
-  from tripletjax.app import exports
+  from tripletjax.app.outputs import exports
   figure, axes = plt.subplots(figsize=(8, 4.5))
   plotted = False
   for name, runs in groups.items():
@@ -238,7 +238,7 @@ def plot_validation_curves(groups: dict[str, list[Run]], out_path: str) -> str:
 def plot_metrics(groups: dict[str, list[Run]], out_path: str) -> str:
   """A panel per test metric, a bar per group at its mean, 95% intervals as error bars."""
   import matplotlib.pyplot as plt
-  from tripletjax.app import exports
+  from tripletjax.app.outputs import exports
   names = list(groups)
   figure, panels = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 4.2),
                                 squeeze=False)

@@ -8,7 +8,7 @@ Everything the run produces goes to --workdir (default: runs/<dataset>-<loss>); 
 run started again with the same --workdir resumes from its last checkpoint. Several hosts: start
 one process per host with --coordinator_address, --num_processes and --process_id (or their
 environment variables, or --distributed under Slurm, Open MPI, Kubernetes or on a TPU pod
-slice); see `tripletjax.app.distributed`.
+slice); see `tripletjax.app.devices.processes`.
 
 On a CPU-only machine the run splits every batch over one JAX device per core (--cpu_devices):
 XLA:CPU runs each convolution on a single thread, so data parallelism over the cores is what
@@ -17,7 +17,7 @@ uses them all. The loss still mines over the whole batch.
 Errors the user can fix (a flag, a config file or value, the data, the workdir) end the run
 before any training with one line `error: ...` on stderr (and maybe a `hint: ...` line) and
 exit status 2, without a traceback (`tripletjax.app.cli`); anything else is a bug and keeps its
-traceback. The training itself is `tripletjax.app.train`.
+traceback. The training itself is `tripletjax.app.loop.train`.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ try:
   from ml_collections import config_flags
 
   from tripletjax.app import cli
-  from tripletjax.app import distributed
   from tripletjax.app import errors
-  from tripletjax.app import preemption
+  from tripletjax.app.devices import processes
+  from tripletjax.app.loop import preemption
 except ImportError as missing:
   print(f"error: the training application needs {missing.name or missing}, which is not "
         "installed\nhint: pip install 'tripletjax[app]'", file=sys.stderr)
@@ -45,12 +45,12 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, metrics, plots and exports.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, for multi-host runs (default: "
-    f"${distributed.ADDRESS_VARIABLE}).")
+    f"${processes.ADDRESS_VARIABLE}).")
 _NUM_PROCESSES = flags.DEFINE_integer(
     "num_processes", None, "Processes in a multi-host run (default: "
-    f"${distributed.NUM_PROCESSES_VARIABLE}).", lower_bound=1)
+    f"${processes.NUM_PROCESSES_VARIABLE}).", lower_bound=1)
 _PROCESS_ID = flags.DEFINE_integer(
-    "process_id", None, f"This process's index (default: ${distributed.PROCESS_ID_VARIABLE}).",
+    "process_id", None, f"This process's index (default: ${processes.PROCESS_ID_VARIABLE}).",
     lower_bound=0)
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Start jax.distributed from what the cluster tells JAX (Slurm, Open "
@@ -65,12 +65,12 @@ def run(argv: list[str]) -> None:
   if len(argv) > 1:
     raise errors.ConfigError(f"unexpected arguments {argv[1:]}: every option is a --flag",
                              cli.FLAGS_HINT)
-  launch = distributed.launch_from(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+  launch = processes.launch_from(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                    _DISTRIBUTED.value)
   # Imported here: flag mistakes are reported before the trainer's imports (flax, orbax,
   # matplotlib: seconds) are made.
-  from tripletjax.app import train
   from tripletjax.app.config import checks
+  from tripletjax.app.loop import train
 
   # Orbax reports every step of every save at INFO level, JAX its backend search: keep the
   # console for the progress bar.
@@ -80,7 +80,7 @@ def run(argv: list[str]) -> None:
   if cpu_devices is None:
     cpu_devices = len(os.sched_getaffinity(0))
   jax.config.update("jax_num_cpu_devices", cpu_devices)
-  distributed.initialize(launch)
+  processes.initialize(launch)
   config = _CONFIG.value
   checks.check_config(config)  # Every value, before the workdir and the data are touched.
   workdir = _WORKDIR.value or os.path.join("runs", f"{config.data.name}-{config.loss.name}")

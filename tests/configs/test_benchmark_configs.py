@@ -21,9 +21,9 @@ from flax import nnx
 
 from tests.app.data import image_folders
 from tripletjax.app import models
-from tripletjax.app import train
 from tripletjax.app.config import checks
 from tripletjax.app.data import images
+from tripletjax.app.loop import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

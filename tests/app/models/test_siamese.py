@@ -12,12 +12,12 @@ from flax import nnx
 
 from tripletjax import reference
 from tripletjax.app import models
-from tripletjax.app import parallel
 from tripletjax.app import tasks
-from tripletjax.app import train_step
 from tripletjax.app.config import defaults
+from tripletjax.app.devices import mesh as mesh_lib
 from tripletjax.app.models import resnet
 from tripletjax.app.models.siamese import SiameseNetwork
+from tripletjax.app.step import train_step
 
 
 def _images(count: int, seed: int, size: int = 16) -> np.ndarray:
@@ -42,7 +42,7 @@ def test_three_towers_share_one_network_and_distances_match_numpy():
   assert np.all(np.asarray(d_an) > 0)  # Different images: a non-degenerate check.
   # The training loss of such a batch (stacked anchors, positives, negatives) is the seed's.
   stacked = np.concatenate(towers).astype(np.float32)
-  loss, stats = tasks._triplet_batch_loss(np.zeros(9, np.int32), stacked, margin=0.5)
+  loss, stats = tasks.pairs._triplet_batch_loss(np.zeros(9, np.int32), stacked, margin=0.5)
   assert float(loss) == pytest.approx(reference.triplet_loss(*towers, margin=0.5), rel=1e-5)
   assert float(stats["triplet_accuracy"]) == pytest.approx(
       np.mean(np.asarray(d_ap) < np.asarray(d_an)))
@@ -85,8 +85,8 @@ def test_frozen_parameters_get_no_optimizer_state_and_stay_bit_identical(monkeyp
   config.model.head = "mlp"
   config.model.freeze_before = "stage1.block2"  # The stem and stage1's first block.
   config.optimizer.learning_rate = 1e-2
-  mesh = parallel.make_mesh()
-  loss_fn = functools.partial(tasks._triplet_batch_loss, margin=0.5)
+  mesh = mesh_lib.make_mesh()
+  loss_fn = functools.partial(tasks.pairs._triplet_batch_loss, margin=0.5)
   trainer = train_step.build_trainer(config, (16, 16, 3), 3, mesh, loss_fn=loss_fn)
   model = trainer.model
   params = _flat(nnx.state(model, nnx.Param))
@@ -103,7 +103,7 @@ def test_frozen_parameters_get_no_optimizer_state_and_stay_bit_identical(monkeyp
   labels = np.zeros(12, np.int32)
   model.train()
   for step in range(3):
-    images, labels_ = parallel.shard_batch(mesh, _images(12, seed=10 + step), labels)
+    images, labels_ = mesh_lib.shard_batch(mesh, _images(12, seed=10 + step), labels)
     metrics = trainer.train_step(model, trainer.optimizer, images, labels_)
     assert int(metrics["nonfinite"]) == 0
   params_after = _flat(nnx.state(model, nnx.Param))

@@ -23,22 +23,22 @@ from tripletjax import mining
 from tripletjax import sharded
 from tripletjax import validation
 from tripletjax.app import errors
-from tripletjax.app import faiss_index
 from tripletjax.app import models
-from tripletjax.app import optimizers
-from tripletjax.app import retrieval
-from tripletjax.app import selection
 from tripletjax.app import tasks
-from tripletjax.app import train_step
-from tripletjax.app import virtual_batch
 from tripletjax.app.config import defaults
 from tripletjax.app.data import augmentations
 from tripletjax.app.data import datasets
 from tripletjax.app.data import images
 from tripletjax.app.data import samplers
 from tripletjax.app.data import splits
+from tripletjax.app.evaluation import faiss_index
+from tripletjax.app.evaluation import search
+from tripletjax.app.loop import selection
 from tripletjax.app.models import resnet
 from tripletjax.app.models import weights
+from tripletjax.app.step import optimizers
+from tripletjax.app.step import train_step
+from tripletjax.app.step import virtual_batch
 
 # Seeds seed JAX keys (seed and seed + 1), which keep only their low 32 bits.
 SEED_LIMIT = 2**31
@@ -172,14 +172,14 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
     try:
       datasets.find_loader(name)
     except errors.DataError:
-      names = list(datasets.DATASETS) + [tasks.PAIRS_PREFIX, tasks.PAIRS_DEMO_PREFIX]
+      names = list(datasets.DATASETS) + [tasks.pairs.PAIRS_PREFIX, tasks.pairs.PAIRS_DEMO_PREFIX]
       close = difflib.get_close_matches(str(name), names, n=1)
       valid = [*datasets.dataset_names(), *tasks.TASKS["pairs"].data_names]
       _fail("data.name", name, f"must be one of {', '.join(valid)}",
             f"did you mean {close[0]!r}?" if close else None)
-  elif name.startswith(tasks.PAIRS_DEMO_PREFIX):
-    check.choice("data.name", [tasks.PAIRS_DEMO_PREFIX + s for s in tasks.PAIR_DEMO_SOURCES])
-  elif name == tasks.PAIRS_PREFIX:
+  elif name.startswith(tasks.pairs.PAIRS_DEMO_PREFIX):
+    check.choice("data.name", [tasks.pairs.PAIRS_DEMO_PREFIX + s for s in tasks.pairs.PAIR_DEMO_SOURCES])
+  elif name == tasks.pairs.PAIRS_PREFIX:
     _fail("data.name", name, "must name a pair folder or CSV file after 'pairs:'")
   data_dir = check["data.data_dir"]
   if data_dir is not None and (not isinstance(data_dir, str) or not data_dir):
@@ -195,7 +195,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
     _fail("data.class_split", check["data.class_split"], str(error))
   if task == "pairs":
     check.number("data.validation_fraction", minimum=0.0, exclusive_minimum=True, below=1.0)
-    check.choice("data.augment", tasks.PAIR_AUGMENTATIONS)
+    check.choice("data.augment", tasks.pairs.PAIR_AUGMENTATIONS)
     check.choice("batch.sampler", ["shuffled"])
     if check["data.class_split"] != "none":
       _fail("data.class_split", check["data.class_split"],
@@ -318,7 +318,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
   ks = check["eval.recall_ks"]
   if not (isinstance(ks, (tuple, list)) and ks and all(_is_integer(k) and k >= 1 for k in ks)):
     _fail("eval.recall_ks", ks, "must be a non-empty tuple of integers >= 1")
-  check.choice("eval.backend", retrieval.BACKENDS)
+  check.choice("eval.backend", search.SEARCH_BACKENDS)
   if config.eval.backend == "faiss" and not faiss_index.available():
     raise errors.MissingDependencyError(
         "config.eval.backend='faiss': faiss is not installed", faiss_index.INSTALL_HINT)

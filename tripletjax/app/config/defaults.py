@@ -15,7 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_epochs = 1
   config.checkpoint_every_epochs = 1
   config.quiet = False  # True hides the progress bar.
-  # How a train step computes its gradient (tripletjax/app/virtual_batch.py):
+  # How a train step computes its gradient (tripletjax/app/step/virtual_batch.py):
   #   "direct": forward pass, loss and backward pass in one compiled program;
   #   "split": the step split at the embeddings, the loss computed between two programs (on a
   #     CPU its sorting miners then run in NumPy, whatever the number of devices);
@@ -138,7 +138,7 @@ def get_config() -> ml_collections.ConfigDict:
   # for galleries of at least faiss_min_size embeddings searched for at most 64 neighbours.
   config.eval.backend = "auto"
   config.eval.faiss_min_size = 20_000
-  # Model selection (app/selection.py): the run keeps the checkpoint of the evaluation with
+  # Model selection (app/loop/selection.py): the run keeps the checkpoint of the evaluation with
   # the highest value of this validation metric (validation_precision_at_1,
   # validation_r_precision, validation_map_at_r), and its final evaluation, eval.json and
   # exports are that epoch's. "last", or a run without a validation set: the last epoch.

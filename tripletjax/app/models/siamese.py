@@ -3,7 +3,7 @@ anchor, a positive and a negative image, and the distance layer on top.
 
 The towers share every weight because they are one network: `embed_triplets` runs it once on
 the three batches stacked ([3N, H, W, C]), which is also how the trainer runs a batch of
-triplets (`tasks.PairTask`): in training mode BatchNorm then normalises over all 3N images.
+triplets (`tasks.pairs.PairTask`): in training mode BatchNorm then normalises over all 3N images.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Devices: the mesh over this process's devices and the processes of a run."""

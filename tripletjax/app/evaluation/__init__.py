@@ -1,0 +1,1 @@
+"""Evaluation: embeddings ranked as a retrieval system, pairs scored for verification."""

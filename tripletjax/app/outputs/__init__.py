@@ -1,0 +1,1 @@
+"""What a run writes: metric logs, the mining monitor, exports and reports."""

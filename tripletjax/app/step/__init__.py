@@ -1,0 +1,1 @@
+"""One train step: how its gradient is computed, over virtual batches, and its optimizer."""
