@@ -140,3 +140,22 @@ def test_bad_run_folders_are_one_line_errors(tmp_path, capsys, make, message):
   assert compare.main([make(tmp_path)]) == 2
   error = capsys.readouterr().err
   assert error.startswith("error: ") and message in error and error.count("\n") == 1
+
+
+def test_the_documented_sweeps_use_real_config_keys_and_the_compare_command():
+  """The loops of docs/research-protocol.md: every --config.<key> exists, and each loop varies
+  the seed (and the fold) and ends in `python -m tripletjax.compare`."""
+  import re
+  from tripletjax.app.config import defaults
+  from tripletjax.app.config import resume
+  with open(os.path.join(subprocesses.REPO, "docs", "research-protocol.md")) as f:
+    blocks = re.findall(r"```bash\n(.*?)```", f.read(), re.S)
+  assert len(blocks) == 2
+  keys = set(resume.flatten(defaults.get_config().to_dict()))
+  for block in blocks:
+    for key in re.findall(r"--config\.([\w.]+)=", block):
+      assert key in keys, key
+    assert "--config.seed=$seed" in block and "for seed in 0 1 2" in block
+    assert "python -m tripletjax.compare runs/" in block
+  assert "--config.data.validation_fold=$fold" in blocks[1]
+
