@@ -7,6 +7,7 @@ split.
 Usage:
   python -m benchmarks.raw_pixels --dataset fashion_mnist --class-split half
   python -m benchmarks.raw_pixels --dataset digits
+  python -m benchmarks.raw_pixels --dataset fashion_mnist --class-split half --max-test 10000
 
 Prints one JSON object: the metrics, the number of test images and classes, the seconds taken.
 """
@@ -29,9 +30,11 @@ def main(argv=None) -> dict:
   parser.add_argument("--data-dir", default=None)
   parser.add_argument("--class-split", default="none")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--max-test", type=int, default=None,
+                      help="the test subsample of a run with --config.data.max_test (same seed)")
   args = parser.parse_args(argv)
   dataset = datasets.load_dataset(args.dataset, args.data_dir, seed=args.seed,
-                                  class_split=args.class_split)
+                                  class_split=args.class_split, max_test=args.max_test)
   test = dataset.test
   pixels = np.asarray(test.images[:]).reshape(len(test), -1)
   start = time.perf_counter()

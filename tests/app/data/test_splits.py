@@ -102,3 +102,68 @@ def test_fashion_mnist_half_is_classes_0_to_4_then_5_to_9(fashion_mnist_dir):
   assert dataset.test.classes.tolist() == [5, 6, 7, 8, 9]
   # 7,000 images per class in train + test.
   assert len(dataset.train) == len(dataset.test) == 35_000
+
+
+# --- validation folds: class-disjoint folds of the training classes ---------------------------
+
+
+@pytest.mark.parametrize("num_classes, folds", [(4, 2), (5, 2), (10, 4), (100, 4), (9, 3)])
+def test_class_folds_are_disjoint_cover_the_classes_and_are_balanced(num_classes, folds):
+  classes = np.random.default_rng(num_classes).permutation(num_classes) + 7
+  parts = splits.class_folds(np.repeat(classes, 3), folds)
+  assert len(parts) == folds
+  joined = np.concatenate(parts)
+  assert sorted(joined.tolist()) == sorted(classes.tolist())  # Cover, no class twice.
+  assert len(set(joined.tolist())) == len(joined)
+  sizes = [len(p) for p in parts]
+  assert min(sizes) >= 2 and max(sizes) - min(sizes) <= 1
+  assert all(np.all(np.diff(p) > 0) for p in parts)
+  assert all(parts[i].max() < parts[i + 1].min() for i in range(folds - 1))  # Contiguous.
+
+
+@pytest.mark.parametrize("classes, folds, message, hint", [
+    (range(5), 3, "every fold needs at least 2 classes, and the training side has 5 classes "
+     "for 3 folds", "use at most 2 folds"),
+    (range(3), 2, "training side has 3 classes", "folds need at least 4 training classes"),
+    (range(8), 1, "a fold protocol needs at least 2 folds", "set it to 0"),
+])
+def test_too_many_folds_is_a_config_error_naming_the_key(classes, folds, message, hint):
+  with pytest.raises(errors.ConfigError) as caught:
+    splits.class_folds(np.asarray(list(classes)), folds)
+  assert str(caught.value).startswith(f"config.data.validation_folds={folds}: ")
+  assert message in str(caught.value) and hint in caught.value.hint
+
+
+def test_fold_holdout_rejects_a_fold_out_of_range():
+  with pytest.raises(errors.ConfigError, match=r"validation_fold=2: must be in \[0, 2\)"):
+    splits.fold_holdout(np.arange(8), 2, 2)
+
+
+def test_each_fold_of_digits_half_validates_on_its_classes_and_trains_on_the_others():
+  seen = []
+  for fold in range(2):
+    dataset = datasets.load_dataset("digits", class_split="half", validation_folds=2,
+                                    validation_fold=fold)
+    train, validation = set(dataset.train.classes), set(dataset.validation.classes)
+    assert not train & validation and train | validation == {0, 1, 2, 3, 4}
+    assert not (train | validation) & set(dataset.test.classes)
+    # Every image of a validation class is in validation, none stays in training.
+    assert len(dataset.train) + len(dataset.validation) == int(np.isin(
+        datasets.load_dataset("digits").train.labels, [0, 1, 2, 3, 4]).sum() + np.isin(
+        datasets.load_dataset("digits").test.labels, [0, 1, 2, 3, 4]).sum())
+    seen.append(validation)
+  assert seen == [{0, 1, 2}, {3, 4}]  # The folds partition the training classes.
+
+
+def test_folds_do_not_depend_on_the_seed_and_max_validation_subsamples():
+  a = datasets.load_dataset("digits", class_split="half", validation_folds=2, seed=0)
+  b = datasets.load_dataset("digits", class_split="half", validation_folds=2, seed=5,
+                            max_validation=100)
+  assert a.validation.classes.tolist() == b.validation.classes.tolist()
+  assert len(b.validation) == 100 and len(a.validation) > 100
+
+
+def test_folds_and_a_validation_fraction_together_are_an_error():
+  with pytest.raises(errors.ConfigError, match="both hold out a validation set"):
+    datasets.load_dataset("digits", class_split="half", validation_folds=2,
+                          validation_fraction=0.2)

@@ -331,3 +331,18 @@ def test_evaluate_embeddings_keys_and_json():
 def test_input_errors(call, error):
   with pytest.raises(error):
     call()
+
+
+def test_precision_at_1_by_class_counts_each_class_and_averages_to_precision_at_1():
+  # Class 0 retrieves itself, class 1's nearest neighbours are class 0, class 2 is one example.
+  embeddings = np.array([[1.0, 0.0], [1.0, 0.01], [0.9, 0.1], [0.0, 1.0], [0.7, 0.7]])
+  labels = np.array([0, 0, 1, 1, 2])
+  by_class = retrieval.precision_at_1_by_class(embeddings, labels)
+  assert list(by_class) == [0, 1, 2]
+  assert by_class[0] == 1.0 and by_class[1] == 0.0 and math.isnan(by_class[2])
+  rng = np.random.default_rng(3)
+  embeddings, labels = rng.normal(size=(300, 4)), rng.integers(0, 6, 300)
+  by_class = retrieval.precision_at_1_by_class(embeddings, labels, chunk_size=7)
+  counts = np.array([np.sum(labels == c) for c in by_class])
+  assert np.dot(list(by_class.values()), counts) / counts.sum() == pytest.approx(
+      retrieval.precision_at_1(embeddings, labels))

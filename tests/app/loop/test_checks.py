@@ -193,6 +193,19 @@ def test_every_config_file_loads():
     ({"eval.backend": "annoy"}, "eval.backend", "must be one of 'auto', 'faiss', 'numpy'"),
     ({"eval.faiss_min_size": 0}, "eval.faiss_min_size", "must be an integer >= 1"),
     ({"monitor.patience_steps": 0}, "monitor.patience_steps", "must be an integer >= 1"),
+    ({"data.validation_folds": 1}, "data.validation_folds", "must be 0 (no folds) or an "
+     "integer >= 2"),
+    ({"data.validation_folds": 4, "data.validation_fold": 4}, "data.validation_fold",
+     "must be an integer in [0, 4)"),
+    ({"data.validation_fold": 1}, "data.validation_fold", "must be 0 without "
+     "config.data.validation_folds"),
+    ({"data.validation_folds": 2, "data.validation_fraction": 0.2}, "data.validation_fraction",
+     "must be 0 with config.data.validation_folds=2"),
+    ({"data.name": "pairs:/data/tll", "loss.name": "triplet", "data.validation_fraction": 0.2,
+      "data.validation_folds": 2}, "data.validation_folds", "must be 0 for pairs"),
+    ({"data.max_validation": 0}, "data.max_validation", "must be an integer >= 1 or None"),
+    ({"eval.select_by": "map_at_r"}, "eval.select_by", "must be one of 'last', "
+     "'validation_map_at_r'"),
 ])
 def test_bad_protocol_values_are_one_line_errors(changes, key, allowed):
   with pytest.raises(errors.ConfigError) as caught:
@@ -207,4 +220,8 @@ def test_good_protocol_values_pass():
       "data.class_split": "0:4", "data.validation_fraction": 0.2,
       "data.name": "folder:/data/cub", "data.augment": "crop_flip",
       "data.crop_scale": (0.08, 1.0), "eval.recall_ks": (1, 10), "eval.backend": "numpy"}),
+      num_devices=1)
+  checks.check_config(runs.override(defaults.get_config(), {
+      "data.class_split": "half", "data.validation_folds": 4, "data.validation_fold": 3,
+      "data.max_validation": 500, "eval.select_by": "validation_precision_at_1"}),
       num_devices=1)

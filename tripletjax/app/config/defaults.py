@@ -34,9 +34,11 @@ def get_config() -> ml_collections.ConfigDict:
   # | fashion_mnist> (an offline pair folder written into data_dir, app/data/pair_demo.py).
   config.data.name = "digits"
   config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
-  # At most this many training (test) examples; pairs: training (validation) pairs.
+  # At most this many training (test, validation) examples; pairs: training (validation)
+  # pairs (max_validation: labelled images only).
   config.data.max_train = ml_collections.FieldReference(None, field_type=int)
   config.data.max_test = ml_collections.FieldReference(None, field_type=int)
+  config.data.max_validation = ml_collections.FieldReference(None, field_type=int)
   # Labelled images: train and test on disjoint classes, none | half | <first>:<last>
   # (app/data/splits.py).
   config.data.class_split = "none"
@@ -44,6 +46,10 @@ def get_config() -> ml_collections.ConfigDict:
   # test classes are unseen (class split, SOP, In-Shop), of each class's examples otherwise.
   # Pairs: of the pairs (at least 2). 0: no validation set (labelled images).
   config.data.validation_fraction = 0.0
+  # Or hold out a fold of the training classes: validation_folds = K >= 2 cuts them into K
+  # class-disjoint folds (app/data/splits.py), fold validation_fold (0..K-1) validates. 0: off.
+  config.data.validation_folds = 0
+  config.data.validation_fold = 0
   # In-memory images: none | flip | shift | flip_shift; image files (folder:, pairs:): none |
   # flip | crop | crop_flip (app/data/augmentations.py).
   config.data.augment = "none"
@@ -143,6 +149,11 @@ def get_config() -> ml_collections.ConfigDict:
   # for galleries of at least faiss_min_size embeddings searched for at most 64 neighbours.
   config.eval.backend = "auto"
   config.eval.faiss_min_size = 20_000
+  # Model selection (app/loop/selection.py): the run keeps the checkpoint of the evaluation with
+  # the highest value of this validation metric (validation_precision_at_1,
+  # validation_r_precision, validation_map_at_r), and its final evaluation, eval.json and
+  # exports are that epoch's. "last", or a run without a validation set: the last epoch.
+  config.eval.select_by = "validation_map_at_r"
 
   config.monitor = ml_collections.ConfigDict()
   # Warn about embedding collapse, dead mining or batches without positive pairs once a sign
@@ -153,4 +164,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.export = ml_collections.ConfigDict()
   config.export.projector_max_points = 2000
   config.export.pca_every_eval = True
+  # test_embeddings.npz (embeddings, labels) of the selected model's test split, which
+  # `python -m tripletjax.compare` concatenates over the fold models of a seed.
+  config.export.test_embeddings = True
   return config

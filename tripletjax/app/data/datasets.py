@@ -18,7 +18,8 @@ and int32 labels [N]. Names:
     batch in worker threads through the `ImageOptions` transforms, never all in memory.
 
 After loading, `class_split` makes the train and test classes disjoint (`splits`), a validation
-subset may be held out of the training side, and `max_train` / `max_test` subsample.
+subset (or a fold of the training classes) may be held out of the training side, and
+`max_train` / `max_test` subsample.
 """
 
 from __future__ import annotations
@@ -177,6 +178,8 @@ class ImageOptions:
 def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0,
                  max_train: int | None = None, max_test: int | None = None,
                  class_split: str = "none", validation_fraction: float = 0.0,
+                 validation_folds: int = 0, validation_fold: int = 0,
+                 max_validation: int | None = None,
                  image_options: ImageOptions | None = None) -> Dataset:
   """Loads a dataset by name (see the module docstring for the names).
 
@@ -193,6 +196,10 @@ def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0,
     validation_fraction: hold this fraction of the training side out for validation: of its
       classes when train and test classes are disjoint (a class split, SOP, In-Shop), of each
       class's examples otherwise; 0: no validation.
+    validation_folds, validation_fold: or, with K = validation_folds >= 2, the training
+      classes cut into K class-disjoint folds (`splits.class_folds`), fold validation_fold
+      held out for validation.
+    max_validation: the same as max_train for the validation split.
     image_options: how folder datasets decode their images (default `ImageOptions()`).
 
   Returns:
@@ -213,10 +220,13 @@ def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0,
   # Validation mirrors the test side: unseen classes when the test classes are unseen.
   disjoint = not np.intersect1d(dataset.train.classes, dataset.test.classes).size
   dataset = _hold_out_validation(dataset, validation_fraction, disjoint, seed)
+  dataset = _hold_out_fold(dataset, validation_folds, validation_fold)
   return dataclasses.replace(
       dataset,
       train=_subsample(dataset.train, max_train, seed, "max_train"),
-      test=_subsample(dataset.test, max_test, seed + 1, "max_test"))
+      test=_subsample(dataset.test, max_test, seed + 1, "max_test"),
+      validation=None if dataset.validation is None else _subsample(
+          dataset.validation, max_validation, seed + 2, "max_validation"))
 
 
 def _split_classes(dataset: Dataset, class_split: str) -> Dataset:
@@ -255,6 +265,19 @@ def _hold_out_validation(dataset: Dataset, fraction: float, by_class: bool,
     held_out = splits.class_holdout(labels, fraction, seed)
   else:
     held_out = splits.stratified_holdout(labels, fraction, seed)
+  return dataclasses.replace(dataset, train=dataset.train.take(np.flatnonzero(~held_out)),
+                             validation=dataset.train.take(np.flatnonzero(held_out)))
+
+
+def _hold_out_fold(dataset: Dataset, folds: int, fold: int) -> Dataset:
+  """Fold `fold` of the K = `folds` class-disjoint folds of the training classes validates."""
+  if not folds:
+    return dataset
+  if dataset.validation is not None:
+    raise errors.ConfigError(
+        f"config.data.validation_folds={folds} and config.data.validation_fraction both hold "
+        "out a validation set.", "set one of them to 0")
+  held_out = splits.fold_holdout(dataset.train.labels, folds, fold)
   return dataclasses.replace(dataset, train=dataset.train.take(np.flatnonzero(~held_out)),
                              validation=dataset.train.take(np.flatnonzero(held_out)))
 
@@ -682,6 +705,23 @@ def _subsample(split: Split, max_examples: int | None, seed: int, argument: str)
   return split.take(keep)
 
 
+def _check_validation_folds(check: checker.Checker) -> None:
+  """validation_folds 0 (off) or K >= 2, validation_fold in [0, K), not with a fraction."""
+  folds = check["data.validation_folds"]
+  if not checker.is_integer(folds) or folds < 0 or folds == 1:
+    check.fail("data.validation_folds", "must be 0 (no folds) or an integer >= 2")
+  if folds:
+    check.integer("data.validation_fold", 0, below=folds)
+    if check["data.validation_fraction"]:
+      check.fail("data.validation_fraction",
+                 f"must be 0 with config.data.validation_folds={folds} (both hold out "
+                 "validation)", "set one of them to 0")
+  elif check["data.validation_fold"] != 0:
+    check.fail("data.validation_fold",
+               "must be 0 without config.data.validation_folds (there is no fold to hold out)",
+               "set config.data.validation_folds=K too")
+
+
 def check_config(check: checker.Checker) -> None:
   """The keys of `config.data` every task reads the same way (`data.name` and `data.augment`
   are the task's: `tasks.check_data_config`)."""
@@ -690,7 +730,9 @@ def check_config(check: checker.Checker) -> None:
     check.fail("data.data_dir", "must be a folder path or None")
   check.integer("data.max_train", 1, optional=True)
   check.integer("data.max_test", 1, optional=True)
+  check.integer("data.max_validation", 1, optional=True)
   check.number("data.validation_fraction", minimum=0.0, below=1.0)
+  _check_validation_folds(check)
   try:
     splits.check_class_split(check["data.class_split"])
   except ValueError as error:

@@ -18,6 +18,11 @@ A validation subset (`config.data.validation_fraction`) comes from the training 
 test classes are unseen (a class split, or a dataset split that way, SOP and In-Shop), it is
 that fraction of the training classes (chosen with the seed), so validation classes are unseen
 too; otherwise that fraction of each training class's examples.
+
+Validation folds (`config.data.validation_folds=K`, `config.data.validation_fold=i`) are the
+protocol's cross-validation: the training classes cut into K class-disjoint folds
+(`class_folds`), fold i validates and the other K - 1 train. One run per fold (and seed), and
+`tripletjax.compare` averages them and evaluates their concatenated embeddings.
 """
 
 from __future__ import annotations
@@ -114,3 +119,46 @@ def class_holdout(labels, fraction: float, seed: int) -> np.ndarray:
   rng = np.random.default_rng([seed, len(classes), 11])
   chosen = rng.choice(classes, size=count, replace=False)
   return np.isin(labels, chosen)
+
+
+def class_folds(classes, folds: int) -> list[np.ndarray]:
+  """The `folds` class-disjoint validation folds of `classes`.
+
+  The sorted class ids are cut into `folds` contiguous runs of near-equal size (as
+  powerful-benchmarker's class-disjoint split manager cuts the training classes of "A Metric
+  Learning Reality Check" into 4 partitions). The folds depend only on the classes, never on
+  the seed: a seed sweep and a fold sweep vary one thing each.
+
+  Args:
+    classes: the training side's class ids (any order, repeats allowed).
+    folds: K >= 2.
+
+  Returns:
+    K sorted arrays of class ids, disjoint, covering `classes`.
+
+  Raises:
+    errors.ConfigError: K < 2, or fewer than 2 classes per fold (retrieval within one class
+      says nothing, and the model must train on 2 classes at least).
+  """
+  classes = np.unique(np.asarray(classes))
+  if folds < 2:
+    raise errors.ConfigError(f"config.data.validation_folds={folds}: a fold protocol needs at "
+                             "least 2 folds.", "set it to 0 (no folds) or to 2 or more")
+  if len(classes) < 2 * folds:
+    hint = (f"use at most {len(classes) // 2} folds" if len(classes) >= 4 else
+            "folds need at least 4 training classes; train on more classes "
+            "(config.data.class_split)")
+    raise errors.ConfigError(
+        f"config.data.validation_folds={folds}: every fold needs at least 2 classes, and the "
+        f"training side has {len(classes)} classes for {folds} folds.", hint)
+  return np.array_split(classes, folds)
+
+
+def fold_holdout(labels, folds: int, fold: int) -> np.ndarray:
+  """A bool [N] mask of the examples whose class is in fold `fold` of `class_folds(labels,
+  folds)`: the validation side of that fold, the others train."""
+  if not 0 <= fold < max(folds, 1):
+    raise errors.ConfigError(f"config.data.validation_fold={fold}: must be in [0, {folds}) for "
+                             f"config.data.validation_folds={folds}.")
+  labels = np.asarray(labels)
+  return np.isin(labels, class_folds(labels, folds)[fold])

@@ -264,6 +264,34 @@ def precision_at_1(embeddings, labels, *, chunk_size: int = DEFAULT_CHUNK_SIZE) 
       "precision_at_1"]
 
 
+def precision_at_1_by_class(embeddings, labels, *,
+                            chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict:
+  """Precision@1 of each class's queries: which classes an embedding retrieves well.
+
+  The same neighbours and tie rule as `retrieval_metrics`, so the class values weighted by
+  their scored queries average to its precision@1.
+
+  Args:
+    embeddings: [N, D] embeddings.
+    labels: [N] class ids.
+    chunk_size: queries ranked at once.
+
+  Returns:
+    {class id: precision@1 of its queries}, sorted by class; NaN for a class of one example.
+  """
+  embeddings, labels = _check_labelled_set(embeddings, labels)
+  classes, class_ids, class_sizes = np.unique(labels, return_inverse=True, return_counts=True)
+  unit = search.l2_normalize(embeddings)
+  hits = np.zeros(len(labels), bool)
+  for rows, neighbours in search.neighbour_chunks(unit, unit, np.ones(len(labels), np.int64),
+                                                  leave_one_out=True, chunk_size=chunk_size):
+    hits[rows] = class_ids[neighbours[:, 0]] == class_ids[rows]
+  return {label.item() if isinstance(label, np.generic) else label:
+          _mean_or_nan(float(hits[class_ids == index].sum()),
+                       int(class_sizes[index]) if class_sizes[index] > 1 else 0)
+          for index, label in enumerate(classes)}
+
+
 def recall_at_k(
     embeddings, labels, ks: Sequence[int] = DEFAULT_KS, *,
     chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, float]:

@@ -56,6 +56,11 @@ class StepCheckpoints:
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
+  def delete(self, step: int) -> None:
+    """Removes the checkpoint of `step`."""
+    self._manager.wait_until_finished()
+    self._manager.delete(step)
+
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
     """Restores the checkpoint of `step` into the structure and shardings of `abstract_state`."""
     restored = self._manager.restore(step, args=ocp.args.Composite(

@@ -17,6 +17,7 @@ from tripletjax.app.config import defaults
 from tripletjax.app.data import datasets
 from tripletjax.app.data import samplers
 from tripletjax.app.evaluation import evaluate
+from tripletjax.app.loop import selection
 from tripletjax.app.models import weights
 from tripletjax.app.outputs import exports
 from tripletjax.app.outputs import monitor
@@ -55,6 +56,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int | None = No
   samplers.check_config(check)
   optimizers.check_config(check)
   evaluate.check_config(check)
+  selection.check_config(check)
   monitor.check_config(check)
   exports.check_config(check)
   # The step kind, the mining backends and scope: the errors of their combinations.

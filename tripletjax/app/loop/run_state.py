@@ -33,6 +33,7 @@ class RunState:
       mid-epoch resume draws the same masks; None before the first save.
     window: the step metrics since the last logged record.
     resumed: whether the state came from a checkpoint.
+    selection: the model selection's record (`selection.ModelSelection.record`).
   """
   step: int = 0
   train_seconds: float = 0.0
@@ -40,6 +41,7 @@ class RunState:
   rng_counts: dict | None = None
   window: list = dataclasses.field(default_factory=list)
   resumed: bool = False
+  selection: dict | None = None
 
   @classmethod
   def from_meta(cls, meta: dict | None) -> RunState:
@@ -48,13 +50,15 @@ class RunState:
       return cls()
     return cls(step=meta["step"], train_seconds=meta.get("train_seconds", 0.0),
                skipped_steps=meta.get("skipped_steps", 0), rng_counts=meta.get("rng_counts"),
-               window=[dict(r) for r in meta.get("window", [])], resumed=True)
+               window=[dict(r) for r in meta.get("window", [])], resumed=True,
+               selection=meta.get("selection"))
 
   def meta(self, epoch: float) -> dict:
     """The checkpoint's meta (JSON), `epoch` the epochs done."""
     return {"step": self.step, "epoch": epoch, "train_seconds": self.train_seconds,
             "skipped_steps": self.skipped_steps, "rng_counts": self.rng_counts,
-            "window": [_to_floats(record) for record in jax.device_get(self.window)]}
+            "window": [_to_floats(record) for record in jax.device_get(self.window)],
+            "selection": self.selection}
 
   def take_window(self) -> dict:
     """The mean of the window's step metrics; empties the window."""

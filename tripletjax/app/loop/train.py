@@ -29,6 +29,7 @@ from tripletjax.app.devices import mesh as mesh_lib
 from tripletjax.app.loop import checkpointing
 from tripletjax.app.loop import checks
 from tripletjax.app.loop import preemption
+from tripletjax.app.loop import selection as selection_lib
 from tripletjax.app.loop.run_state import NonFiniteGuard, NonFiniteStep, RunState
 from tripletjax.app.outputs.run_logs import RunLogs
 from tripletjax.app.step import train_step
@@ -116,6 +117,8 @@ class _Loop:
                         task.description)
     self.rows = mesh_lib.process_rows(task.global_batch_size)  # This process's rows.
     self.metrics, self.evaluated = None, None  # What the last evaluation returned.
+    self.selection = selection_lib.ModelSelection(workdir, config.eval.select_by)
+    self.selection.resume(state.selection, state.step)
 
   def run(self) -> dict:
     """Trains the epochs left, evaluating and checkpointing as configured; the final metrics."""
@@ -131,6 +134,7 @@ class _Loop:
           self._save(epoch + 1)
     finally:
       self.logs.close()
+      self.selection.close()
     self.checkpoints.wait()
     return self._finish()
 
@@ -164,6 +168,8 @@ class _Loop:
 
   def _evaluate(self, epoch: int, epoch_seconds: float, final: bool) -> None:
     self.metrics, self.evaluated = self.task.evaluate(self.trainer, self.mesh, final=final)
+    self.selection.update(epoch, self.state.step, self.metrics,
+                          train_step.training_state(self.trainer))
     seconds = self.state.train_seconds
     self.logs.evaluation(
         self.state.step, {"epoch": epoch, "epoch_seconds": epoch_seconds,
@@ -179,6 +185,7 @@ class _Loop:
     if step in self.checkpoints.steps():
       return
     self.state.rng_counts = train_step.rng_counts(self.trainer.model)
+    self.state.selection = self.selection.record()
     self.checkpoints.save(step, train_step.training_state(self.trainer),
                           self.state.meta(epochs_done))
 
@@ -200,7 +207,13 @@ class _Loop:
     if self.evaluated is None:  # Resumed after the last epoch: evaluate the restored model.
       self.metrics, self.evaluated = self.task.evaluate(self.trainer, self.mesh, final=True)
     config, state, monitor = self.config, self.state, self.logs.monitor
+    last_metrics = self.metrics
+    if self.selection.needs_restore(state.step):  # The selected epoch's evaluation and exports.
+      self.selection.restore_into(self.trainer, self.mesh)
+      self.metrics, self.evaluated = self.task.evaluate(self.trainer, self.mesh, final=True)
+      self.selection.close()
     final = dict(self.metrics)
+    final.update(self.selection.summary(last_metrics, config.num_epochs, state.step))
     final.update(loss=config.loss.name, dataset=config.data.name, epochs=config.num_epochs,
                  steps=state.step, train_seconds=state.train_seconds,
                  skipped_steps=state.skipped_steps,

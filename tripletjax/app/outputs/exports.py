@@ -124,6 +124,11 @@ def _save_figure(figure, out_path) -> str:
   return out_path
 
 
+def save_figure(figure, out_path) -> str:
+  """Writes the figure's PNG and the CSV of its data series beside it; closes the figure."""
+  return _save_figure(figure, out_path)
+
+
 def _class_colours(num_classes: int) -> np.ndarray:
   """[num_classes, 4] RGBA colours: qualitative maps while they last, then a spread of turbo."""
   if num_classes <= 10:
@@ -420,7 +425,8 @@ def plot_training_curves(runs: Mapping[str, Sequence[Mapping]], out_path) -> str
 
 
 def plot_eval_history(records: Sequence[Mapping], out_path,
-                      curves: Sequence[tuple[str, str]] = _EVAL_CURVES) -> str:
+                      curves: Sequence[tuple[str, str]] = _EVAL_CURVES,
+                      selected: tuple[int, str] | None = None) -> str:
   """Evaluation metrics (by default precision@1 and MAP@R of the test set, and of the
   validation set when there is one) against the training step.
 
@@ -429,6 +435,8 @@ def plot_eval_history(records: Sequence[Mapping], out_path,
       key are skipped for that curve.
     out_path: PNG path; the CSV beside it holds the curves (metric, step, value).
     curves: (key, legend label) of each curve; a key "a/b" reads record["a"][b].
+    selected: (step, label) of the selected model, marked by a vertical line (its CSV series
+      is the label), or None.
 
   Returns:
     out_path.
@@ -440,6 +448,8 @@ def plot_eval_history(records: Sequence[Mapping], out_path,
     if steps:
       axes.plot(steps, values, marker="o", markersize=3, label=name)
       plotted = True
+  if plotted and selected is not None:
+    axes.axvline(selected[0], color="black", linestyle="--", linewidth=1, label=selected[1])
   axes.set_xlabel("step")
   axes.set_ylabel("metric")
   axes.set_title("retrieval metrics during training")
@@ -448,6 +458,33 @@ def plot_eval_history(records: Sequence[Mapping], out_path,
     axes.legend()
   else:
     axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes)
+  return _save_figure(figure, out_path)
+
+
+def plot_per_class(values: Mapping, out_path, title: str, ylabel: str = "precision@1",
+                   class_names: Sequence[str] | Mapping | None = None) -> str:
+  """A bar per class (e.g. the precision@1 of its queries), classes in the mapping's order.
+
+  Args:
+    values: class id -> value (NaN bars are left empty).
+    out_path: PNG path; the CSV beside it holds (class index, value) per bar.
+    title, ylabel: the axes' title and y label.
+    class_names: optional names, indexed or keyed by class id.
+
+  Returns:
+    out_path.
+  """
+  names = [_class_name(label, class_names) for label in values]
+  heights = np.asarray([float(v) for v in values.values()], np.float64)
+  figure, axes = plt.subplots(figsize=(max(4.0, 0.6 * len(names) + 1.5), 3.6))
+  axes.bar(np.arange(len(names)), np.nan_to_num(heights), color="tab:blue")
+  axes.plot(np.arange(len(names)), heights, linestyle="none", marker="_", color="black",
+            label=ylabel)  # Read back into the CSV (bars are not lines).
+  axes.set_xticks(np.arange(len(names)), names, rotation=30, ha="right", fontsize="small")
+  axes.set_ylim(min(0.0, np.nanmin(heights, initial=0.0)), 1.0)
+  axes.set_ylabel(ylabel)
+  axes.set_title(title)
+  axes.grid(True, axis="y", alpha=0.3)
   return _save_figure(figure, out_path)
 
 
@@ -607,3 +644,4 @@ def check_config(check: checker.Checker) -> None:
   """`config.export`."""
   check.integer("export.projector_max_points", 1)
   check.boolean("export.pca_every_eval")
+  check.boolean("export.test_embeddings")

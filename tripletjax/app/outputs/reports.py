@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from tripletjax.app.data import images as images_lib
+from tripletjax.app.evaluation import retrieval
 from tripletjax.app.outputs import exports
 from tripletjax.app.outputs import metric_logging
 
@@ -38,6 +39,9 @@ def write_exports(workdir, config, dataset, test_embeddings, final_metrics,
                   notes: str = "") -> None:
   """Projector files, plots and the report (with `notes` under its title): everything a
   researcher looks at."""
+  if config.export.test_embeddings:
+    np.savez(os.path.join(workdir, "test_embeddings.npz"),
+             embeddings=np.asarray(test_embeddings, np.float32), labels=dataset.test.labels)
   limit = config.export.projector_max_points
   # Every test embedding at full precision (the projector's TSV holds 7 digits of a few).
   os.makedirs(workdir, exist_ok=True)
@@ -53,12 +57,75 @@ def write_exports(workdir, config, dataset, test_embeddings, final_metrics,
   figures = [os.path.join(plots, "training_curves.png"), os.path.join(plots, "eval_history.png")]
   exports.plot_training_curves(runs, figures[0])
   exports.plot_eval_history(metric_logging.read_metrics_jsonl(os.path.join(workdir, "eval.jsonl")),
-                            figures[1])
+                            figures[1], selected=_selected_marker(final_metrics))
   for prefix in ("pca_2d_", "pca_3d_"):  # The last evaluation's PCA plots.
     latest = sorted(f for f in os.listdir(plots) if f.startswith(prefix))[-1:]
     figures += [os.path.join(plots, f) for f in latest]
+  sections = [notes, selection_section(final_metrics)]
+  by_class = _precision_by_class(dataset, test_embeddings)
+  if by_class:
+    figures.append(exports.plot_per_class(
+        by_class, os.path.join(plots, "precision_at_1_by_class.png"),
+        "precision@1 of each test class's queries", class_names=dataset.class_names))
+    sections.append(_by_class_section(by_class, dataset))
   exports.write_report(workdir, config_text=str(config), eval_metrics=_report_table(final_metrics),
-                       figures=figures, runs=list(runs), notes=notes)
+                       figures=figures, runs=list(runs),
+                       notes="\n\n".join(section for section in sections if section))
+
+
+def _selected_marker(final_metrics: dict) -> tuple[int, str] | None:
+  """(step, label) of the selected epoch for the evaluation plot; None without a selection."""
+  if final_metrics.get("selected_by", "last") == "last":
+    return None
+  return final_metrics["selected_step"], f"selected (epoch {final_metrics['selected_epoch']})"
+
+
+def selection_section(final_metrics: dict) -> str:
+  """The report's account of model selection: which epoch, by what, selected vs last."""
+  if "selected_epoch" not in final_metrics:
+    return ""
+  last = final_metrics.get("last_epoch", {})
+  if final_metrics["selected_by"] == "last":
+    return (f"## Model selection\n\nThe last epoch ({final_metrics['selected_epoch']}): "
+            f"{final_metrics.get('selection_note', 'last')}.")
+  lines = ["## Model selection", "",
+           f"Selected epoch {final_metrics['selected_epoch']} (step "
+           f"{final_metrics['selected_step']}) of {last.get('epoch')}, by "
+           f"{final_metrics['selected_by']} = {final_metrics['selected_value']:.4f} on the "
+           "validation set only; the test metrics, projector and plots are that epoch's.", "",
+           f"| test metric | selected (epoch {final_metrics['selected_epoch']}) | last epoch "
+           f"({last.get('epoch')}) |", "| --- | ---: | ---: |"]
+  for key, name in (("precision_at_1", "precision@1"), ("r_precision", "R-precision"),
+                    ("map_at_r", "MAP@R")):
+    if key in final_metrics and key in last:
+      lines.append(f"| {name} | {final_metrics[key]:.4f} | {last[key]:.4f} |")
+  return "\n".join(lines)
+
+
+# Beyond this many test classes the per-class table and plot are left out of the report.
+MAX_CLASSES_BY_CLASS = 50
+
+
+def _precision_by_class(dataset, test_embeddings) -> dict:
+  """{class id: precision@1 of its queries} on the leave-one-out test set; {} for query /
+  gallery test sets and for more than MAX_CLASSES_BY_CLASS classes."""
+  test = dataset.test
+  if test.is_query is not None or not 2 <= len(test.classes) <= MAX_CLASSES_BY_CLASS:
+    return {}
+  keep = np.ones(len(test), bool)
+  if images_lib.is_lazy(test.images):
+    keep[test.images.unreadable_indices()] = False
+  return retrieval.precision_at_1_by_class(test_embeddings[keep], test.labels[keep])
+
+
+def _by_class_section(by_class: dict, dataset) -> str:
+  counts = dict(zip(*np.unique(dataset.test.labels, return_counts=True)))
+  lines = ["## Precision@1 by test class", "", "| class | test examples | precision@1 |",
+           "| --- | ---: | ---: |"]
+  names = dataset.class_names
+  lines += [f"| {names[label] if names is not None and 0 <= label < len(names) else label} | "
+            f"{counts[label]} | {value:.4f} |" for label, value in by_class.items()]
+  return "\n".join(lines)
 
 
 def sibling_runs(workdir: str, data_name: str) -> dict[str, list[dict]]:

@@ -114,7 +114,8 @@ def load_labelled_data(config: ml_collections.ConfigDict) -> datasets.Dataset:
   return datasets.load_dataset(
       data.name, data.data_dir, seed=config.seed, max_train=data.max_train,
       max_test=data.max_test, class_split=data.class_split,
-      validation_fraction=data.validation_fraction,
+      validation_fraction=data.validation_fraction, validation_folds=data.validation_folds,
+      validation_fold=data.validation_fold, max_validation=data.max_validation,
       image_options=datasets.ImageOptions(
           size=data.image_size, channels=data.image_channels, eval_resize=data.eval_resize,
           unreadable=data.unreadable, workers=data.decode_workers))

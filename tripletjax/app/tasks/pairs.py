@@ -240,6 +240,9 @@ def check_config(check: checker.Checker) -> None:
   elif name == PAIRS_PREFIX:
     check.fail("data.name", "must name a pair folder or CSV file after 'pairs:'")
   check.number("data.validation_fraction", minimum=0.0, exclusive_minimum=True, below=1.0)
+  if check["data.validation_folds"] != 0:
+    check.fail("data.validation_folds",
+               "must be 0 for pairs (their validation is a fraction of the pairs)")
   check.choice("data.augment", PAIR_AUGMENTATIONS)
   check.choice("batch.sampler", ["shuffled"])
   if check["data.class_split"] != "none":
