@@ -12,11 +12,12 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
-from typing import Any, Iterable
-
-import ml_collections
+from typing import TYPE_CHECKING, Any, Iterable
 
 from tripletjax.app import errors
+
+if TYPE_CHECKING:  # The modules that own a section import this one: none needs ml_collections.
+  import ml_collections
 
 
 
@@ -93,6 +94,7 @@ def check_known_keys(config: ml_collections.ConfigDict,
                       defaults: ml_collections.ConfigDict, prefix: str = "config") -> None:
   """Every key of `config` must be one of `defaults.get_config()`: a misspelt key in a config file
   would otherwise be silently ignored (command-line overrides are checked by ml_collections)."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
   for key in config.keys():
     if key not in defaults:
       close = difflib.get_close_matches(key, list(defaults.keys()), n=1)
