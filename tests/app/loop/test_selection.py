@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tests.app.runs import read_jsonl, tiny_config
+from tripletjax.app.inference import embedder as embedder_lib
 from tripletjax.app.loop import checkpointing
 from tripletjax.app.loop import selection as selection_lib
 from tripletjax.app.loop import train
@@ -120,3 +121,6 @@ def test_a_run_selects_the_best_validation_epoch_and_a_resumed_run_keeps_it(
   with open(os.path.join(workdir, "report.md")) as f:
     report = f.read()
   assert "selected epoch 2" in report.lower()
+  # A loaded run embeds with the model its evaluation reports: the selected epoch's.
+  assert embedder_lib.load_embedder(workdir).step == 2 * steps_per_epoch
+  assert embedder_lib.load_embedder(workdir, step=4 * steps_per_epoch).step == 4 * steps_per_epoch

@@ -28,7 +28,8 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
   result = _Parser(prog=prog, description=description)
   result.add_argument("--workdir", required=True, help="The training run (its folder).")
   result.add_argument("--step", type=int, default=None,
-                      help="The checkpoint of this training step (default: the latest).")
+                      help="The checkpoint of this training step (default: the model the "
+                           "run's eval.json reports: the selected epoch's, else the latest).")
   result.add_argument("--batch_size", type=int, default=1024,
                       help="Images per compiled call (default: the evaluation's 1024).")
   result.add_argument("--cpu_devices", type=int, default=None,

@@ -16,6 +16,7 @@ devices the embeddings are therefore bit for bit those of the run's final evalua
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Iterator, Sequence
 
@@ -35,6 +36,7 @@ from tripletjax.app.devices import mesh as mesh_lib
 from tripletjax.app.evaluation import evaluate
 from tripletjax.app.inference import workdirs
 from tripletjax.app.loop import checkpointing
+from tripletjax.app.loop import selection
 from tripletjax.app.step import train_step
 from tripletjax.app.tasks import labelled
 
@@ -105,9 +107,40 @@ def _no_loss(labels, embeddings):
   raise AssertionError("an embedder takes no training step")
 
 
-def _restore(trainer, workdir: str, step: int | None, mesh) -> int:
-  """Restores the checkpoint of `step` (default: the latest) into `trainer`; its step."""
+def _selected_step(workdir: str) -> int | None:
+  """The step whose model the run's evaluation reports (`eval.json`'s `selected_step`: the
+  epoch chosen on validation, `loop/selection.py`), or None before the run finished."""
+  try:
+    with open(os.path.join(workdir, "eval.json"), encoding="utf-8") as f:
+      selected = json.load(f).get("selected_step")
+  except (OSError, ValueError, AttributeError):
+    return None
+  return selected if isinstance(selected, int) else None
+
+
+def _checkpoints_holding(workdir: str, step: int | None) -> checkpointing.StepCheckpoints:
+  """The run's training checkpoints, or its selected ones (`selected/`) when only they hold
+  `step`."""
   checkpoints = checkpointing.StepCheckpoints(os.path.join(workdir, CHECKPOINTS_DIR))
+  selected_dir = os.path.join(workdir, selection.SELECTED_DIR)
+  if step is None or step in checkpoints.steps() or not os.path.isdir(selected_dir):
+    return checkpoints
+  selected = checkpointing.StepCheckpoints(selected_dir)
+  if step in selected.steps():
+    checkpoints.close()
+    return selected
+  selected.close()
+  return checkpoints
+
+
+def _restore(trainer, workdir: str, step: int | None, mesh) -> int:
+  """Restores the checkpoint of `step` into `trainer`; its step. The default is the model the
+  run's final evaluation reports (the selected epoch's under model selection), else the
+  latest checkpoint."""
+  asked = step
+  if step is None:
+    step = _selected_step(workdir)
+  checkpoints = _checkpoints_holding(workdir, step)
   try:
     steps = checkpoints.steps()
     if not steps:
@@ -115,6 +148,11 @@ def _restore(trainer, workdir: str, step: int | None, mesh) -> int:
                                 f"(nothing in {checkpoints.directory})")
     if step is None:
       step = steps[-1]
+    elif step not in steps and asked is None:
+      raise errors.WorkdirError(
+          f"--workdir={workdir}: eval.json names the model of step {step}, whose checkpoint is "
+          "in neither checkpoints/ nor selected/",
+          hint=f"pass --step with one of the run's steps: {', '.join(map(str, steps))}")
     elif step not in steps:
       raise errors.WorkdirError(f"--step={step}: {workdir} has no checkpoint of that step "
                                 f"(its steps: {', '.join(map(str, steps))})")
