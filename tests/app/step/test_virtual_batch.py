@@ -32,9 +32,9 @@ CHUNKS = 2  # Forward chunks: 4 rows per device each.
 # The models of the comparisons: without dropout or BatchNorm the split steps must give the
 # gradient of one pass over the whole batch; with them, the direct step's on the same chunks.
 MODELS = {
-    "plain": {"model.name": "tfa_cnn", "model.dropout_rate": 0.0},
-    "dropout_batchnorm": {"model.name": "hsu_cnn", "model.batch_norm": True,
-                          "model.dropout_rate": 0.3},
+    "plain": {"model.name": "tfa_cnn", "model.cnn.dropout_rate": 0.0},
+    "dropout_batchnorm": {"model.name": "hsu_cnn", "model.cnn.batch_norm": True,
+                          "model.cnn.dropout_rate": 0.3},
 }
 SPLIT_STEPS = ("split", "recompute")
 STEPS = ("direct", *SPLIT_STEPS)
