@@ -54,8 +54,11 @@ def small_config(model: str, step: str = "auto") -> ml_collections.ConfigDict:
   config.optimizer.momentum = 0.9
   config.optimizer.learning_rate = 0.05
   for key, value in MODELS[model].items():
-    section, name = key.split(".")
-    config[section][name] = value
+    *sections, name = key.split(".")
+    target = config
+    for section in sections:
+      target = target[section]
+    target[name] = value
   return config
 
 
