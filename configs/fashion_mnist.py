@@ -32,8 +32,8 @@ def get_config():
   config.data.name = "fashion_mnist"
   config.model.name = "hsu_cnn"
   config.model.embedding_dim = 64
-  config.model.dropout_rate = 0.0
-  config.model.batch_norm = True
+  config.model.cnn.dropout_rate = 0.0
+  config.model.cnn.batch_norm = True
   config.loss.margin = 0.2
   config.batch.batch_size = 256
   # XLA:CPU convolves small batches faster per image; the loss still mines all 256.

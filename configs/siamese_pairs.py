@@ -31,7 +31,7 @@ def get_config(preset: str = "demo"):
   config.loss.name = "triplet"
   config.loss.margin = 0.5
   config.batch.batch_size = 32
-  config.model.head = "mlp"
+  config.model.resnet.head = "mlp"
   config.model.embedding_dim = 256
   config.optimizer.name = "adam"
   config.num_epochs = 6
@@ -39,13 +39,13 @@ def get_config(preset: str = "demo"):
     config.data.image_size = 224
     config.data.eval_resize = 224
     config.model.name = "resnet50"
-    config.model.freeze_before = "stage4.block2"
+    config.model.resnet.freeze_before = "stage4.block2"
     config.optimizer.learning_rate = 1e-4
   elif preset == "demo":
     config.data.image_size = 32
     config.data.eval_resize = 32
     config.model.name = "resnet18"
-    config.model.width = 8
+    config.model.resnet.width = 8
     config.optimizer.learning_rate = 1e-3
   else:
     raise ValueError(f"Unknown preset {preset!r}; expected 'demo' or 'resnet50'.")

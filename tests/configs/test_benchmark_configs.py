@@ -80,7 +80,6 @@ def test_benchmark_config_runs_end_to_end_on_a_generated_folder(name, tmp_path, 
   config.data.name = f"folder:{folder}"
   config.data.image_size, config.data.eval_resize = 32, 36
   config.model.name = "tfa_cnn"
-  config.model.width = None
   config.num_epochs = 1
   config.quiet = True
   config.log_every_steps = 1

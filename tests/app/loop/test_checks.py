@@ -39,7 +39,9 @@ def config_with(key: str, value):
     ("optimizer.learning_rate", float("inf"), "finite number > 0"),
     ("loss.margin", -0.1, "finite number >= 0"),
     ("loss.margin", float("inf"), "finite number >= 0"),
-    ("model.dropout_rate", 1.0, "number in [0, 1) or None"),
+    ("model.cnn.dropout_rate", 1.0, "number in [0, 1) or None"),
+    ("model.cnn.negative_slope", -0.3, "finite number >= 0 or None"),
+    ("model.resnet.bn_momentum", 1.0, "number in [0, 1) or None"),
     ("optimizer.weight_decay", -1e-4, "finite number >= 0"),
     ("optimizer.momentum", 1.5, "number in [0, 1)"),
     ("optimizer.warmup_steps", -1, "integer >= 0"),
@@ -61,7 +63,9 @@ def config_with(key: str, value):
     ("data.augment", "rotate", "one of 'flip'"),
     ("data.name", "imagenet", "one of digits, fashion_mnist, mnist, folder:<path>, tfds:<name>"),
     ("data.name", "tfds:", "one of digits, fashion_mnist, mnist, folder:<path>, tfds:<name>"),
-    ("model.width", 8, "model 'tfa_cnn' has no such option"),
+    ("model.resnet.width", 0, "integer >= 1 or None"),
+    ("model.resnet.head", "conv", "must be one of 'linear', 'mlp'"),
+    ("model.resnet.stem", "tiny", "must be one of 'auto', 'imagenet', 'small'"),
     ("model.forward_chunks", 3, "must divide the batch size per device"),
     ("batch.batch_size", 100, "must equal classes_per_batch x samples_per_class"),
 ])
@@ -131,6 +135,33 @@ def test_unknown_key_in_a_config_file_is_an_error():
   config = defaults.get_config()
   config.loss.margn = 0.2  # What a typo in a config file does: a new key, silently unused.
   with pytest.raises(errors.ConfigError, match=r"config\.loss\.margn is not a config key"):
+    checks.check_config(config)
+
+
+def test_unknown_model_option_is_an_error_and_a_flat_one_points_to_its_section():
+  config = defaults.get_config()
+  config.model.cnn.batchnorm = True
+  with pytest.raises(errors.ConfigError, match=r"^config\.model\.cnn\.batchnorm is not a "
+                     r"config key") as error:
+    checks.check_config(config)
+  assert error.value.hint == "did you mean config.model.cnn.batch_norm?"
+  config = defaults.get_config()
+  config.model.batch_norm = True  # Where the option was before it had a section.
+  with pytest.raises(errors.ConfigError, match=r"^config\.model\.batch_norm is not a config "
+                     r"key") as error:
+    checks.check_config(config)
+  assert error.value.hint == "did you mean config.model.cnn.batch_norm?"
+
+
+def test_the_options_of_other_models_are_not_used():
+  config = defaults.get_config()  # tfa_cnn, which takes dropout_rate alone.
+  config.model.cnn.batch_norm = True
+  config.model.resnet.width = 8
+  config.model.resnet.freeze_before = "stage9"  # A part of no ResNet, unused by a CNN.
+  checks.check_config(config)
+  config.model.name = "resnet18"
+  with pytest.raises(errors.ConfigError, match=r"^config\.model\.resnet\.freeze_before="
+                     r"'stage9': must be one of"):
     checks.check_config(config)
 
 

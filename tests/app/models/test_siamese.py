@@ -77,13 +77,13 @@ def test_frozen_parameters_get_no_optimizer_state_and_stay_bit_identical(monkeyp
   # than ResNet-18.
   monkeypatch.setitem(models.MODELS, "tiny_resnet", models.ModelSpec(
       lambda **kwargs: resnet.ResNet(stage_sizes=(2, 1), **kwargs),
-      models.MODELS["resnet18"].options))
+      models.MODELS["resnet18"].options, "resnet"))
   config = defaults.get_config()
   config.model.name = "tiny_resnet"
-  config.model.width = 4
+  config.model.resnet.width = 4
   config.model.embedding_dim = 8
-  config.model.head = "mlp"
-  config.model.freeze_before = "stage1.block2"  # The stem and stage1's first block.
+  config.model.resnet.head = "mlp"
+  config.model.resnet.freeze_before = "stage1.block2"  # The stem and stage1's first block.
   config.optimizer.learning_rate = 1e-2
   mesh = mesh_lib.make_mesh()
   loss_fn = functools.partial(tasks.pairs._triplet_batch_loss, margin=0.5)

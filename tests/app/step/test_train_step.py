@@ -21,14 +21,17 @@ from tripletjax.app.loop import checks
 from tripletjax.app.step import train_step
 
 
-def test_model_options_pass_only_what_is_set():
-  config = tiny_config()
+def test_model_options_pass_only_what_is_set_for_the_model():
+  config = tiny_config()  # tfa_cnn: dropout_rate alone.
   assert train_step.model_options(config.model) == {}
-  config.model.width = 8
-  config.model.dropout_rate = 0.0
-  config.model.batch_norm = True
-  assert train_step.model_options(config.model) == {"width": 8, "dropout_rate": 0.0,
-                                               "batch_norm": True}
+  config.model.resnet.width = 8
+  config.model.cnn.dropout_rate = 0.0
+  config.model.cnn.batch_norm = True
+  assert train_step.model_options(config.model) == {"dropout_rate": 0.0}
+  config.model.name = "hsu_cnn"
+  assert train_step.model_options(config.model) == {"dropout_rate": 0.0, "batch_norm": True}
+  config.model.name = "resnet18"
+  assert train_step.model_options(config.model) == {"width": 8}
 
 
 def two_train_steps(loss_name: str, forward_chunks: int, dropout_rate: float) -> dict:
@@ -46,7 +49,7 @@ def two_train_steps(loss_name: str, forward_chunks: int, dropout_rate: float) ->
   config.loss.name = loss_name
   config.model.embedding_dim = 16
   config.model.forward_chunks = forward_chunks
-  config.model.dropout_rate = dropout_rate
+  config.model.cnn.dropout_rate = dropout_rate
   config.batch.batch_size = 64
   checks.check_config(config)
   dataset = datasets.load_dataset("digits", max_train=400, max_test=10, seed=0)

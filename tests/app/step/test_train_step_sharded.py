@@ -47,7 +47,7 @@ def train_step_programs(batch_size: int) -> dict[str, np.ndarray]:
   jax.config.update("jax_threefry_partitionable", False)  # As in the test session.
   config = defaults.get_config()
   config.model.embedding_dim = 16
-  config.model.dropout_rate = 0.0
+  config.model.cnn.dropout_rate = 0.0
   config.batch.batch_size = batch_size
   config.train_step = "direct"  # The one-program step, where the scopes apply.
   dataset = datasets.load_dataset("digits", seed=0)

@@ -32,9 +32,9 @@ CHUNKS = 2  # Forward chunks: 4 rows per device each.
 # The models of the comparisons: without dropout or BatchNorm the split steps must give the
 # gradient of one pass over the whole batch; with them, the direct step's on the same chunks.
 MODELS = {
-    "plain": {"model.name": "tfa_cnn", "model.dropout_rate": 0.0},
-    "dropout_batchnorm": {"model.name": "hsu_cnn", "model.batch_norm": True,
-                          "model.dropout_rate": 0.3},
+    "plain": {"model.name": "tfa_cnn", "model.cnn.dropout_rate": 0.0},
+    "dropout_batchnorm": {"model.name": "hsu_cnn", "model.cnn.batch_norm": True,
+                          "model.cnn.dropout_rate": 0.3},
 }
 SPLIT_STEPS = ("split", "recompute")
 STEPS = ("direct", *SPLIT_STEPS)
@@ -54,8 +54,11 @@ def small_config(model: str, step: str = "auto") -> ml_collections.ConfigDict:
   config.optimizer.momentum = 0.9
   config.optimizer.learning_rate = 0.05
   for key, value in MODELS[model].items():
-    section, name = key.split(".")
-    config[section][name] = value
+    *sections, name = key.split(".")
+    target = config
+    for section in sections:
+      target = target[section]
+    target[name] = value
   return config
 
 

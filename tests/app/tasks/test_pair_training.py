@@ -167,14 +167,15 @@ def test_pair_config_mistakes_are_config_errors(pair_folder):
       "data.name": ("pairs_demo:cifar", r"pairs_demo:digits"),
       "loss.mining_scope": ("local", r"loss 'triplet' has no such option .* leave it at "
                                      r"'global'"),
-      "model.freeze_before": ("stage4", r"model.freeze_before='stage4'"),
+      "model.resnet.head": ("conv", r"model.resnet.head='conv'"),
       "model.weights": ("/nonexistent/resnet50.pth", r"load into ResNets .* not into 'tfa_cnn'"),
   }
   for key, (value, message) in cases.items():
     config = pair_config(pair_folder, **{key: value})
     with pytest.raises(errors.ConfigError, match=message):
       checks.check_config(config, num_devices=1)
-  resnet = pair_config(pair_folder, **{"model.name": "resnet18", "model.freeze_before": "stage5"})
+  resnet = pair_config(pair_folder, **{"model.name": "resnet18",
+                                       "model.resnet.freeze_before": "stage5"})
   with pytest.raises(errors.ConfigError, match=r"freeze_before='stage5'.*'stage4.block2'") as bad:
     checks.check_config(resnet, num_devices=1)
   assert bad.value.hint.startswith("did you mean 'stage")
@@ -194,7 +195,7 @@ def test_the_siamese_config_and_its_resnet50_preset_pass_the_checks():
       "pairs_demo:fashion_mnist", "triplet", 0.5)
   seed = module.get_config("resnet50")
   checks.check_config(seed, num_devices=2)
-  assert (seed.model.name, seed.data.image_size, seed.model.freeze_before, seed.model.head,
+  assert (seed.model.name, seed.data.image_size, seed.model.resnet.freeze_before, seed.model.resnet.head,
           seed.optimizer.learning_rate) == ("resnet50", 224, "stage4.block2", "mlp", 1e-4)
   with pytest.raises(ValueError, match="Unknown preset"):
     module.get_config("resnet51")

@@ -93,15 +93,21 @@ class Checker:
 def check_known_keys(config: ml_collections.ConfigDict,
                       defaults: ml_collections.ConfigDict, prefix: str = "config") -> None:
   """Every key of `config` must be one of `defaults.get_config()`: a misspelt key in a config file
-  would otherwise be silently ignored (command-line overrides are checked by ml_collections)."""
+  would otherwise be silently ignored (command-line overrides are checked by ml_collections).
+  A key that is one of a section below (config.model.head: config.model.resnet.head) is
+  pointed to it."""
   import ml_collections  # pylint: disable=import-outside-toplevel
   for key in config.keys():
     if key not in defaults:
-      close = difflib.get_close_matches(key, list(defaults.keys()), n=1)
+      close = [f"{prefix}.{name}" for name in
+               difflib.get_close_matches(key, list(defaults.keys()), n=1)]
+      if not close:
+        close = [f"{prefix}.{name}.{key}" for name, section in defaults.items()
+                 if isinstance(section, ml_collections.ConfigDict) and key in section]
       raise errors.ConfigError(
           f"{prefix}.{key} is not a config key; the keys of {prefix} are "
           f"{', '.join(sorted(defaults.keys()))}.",
-          f"did you mean {prefix}.{close[0]}?" if close else None)
+          f"did you mean {' or '.join(close)}?" if close else None)
     value, default = config[key], defaults[key]
     if isinstance(default, ml_collections.ConfigDict):
       if not isinstance(value, ml_collections.ConfigDict):

@@ -72,24 +72,36 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.name = "tfa_cnn"  # tfa_cnn | hsu_cnn | resnet18 | resnet34 | resnet50
   config.model.embedding_dim = 64
-  # Model options; None keeps the model's own default.
-  config.model.width = ml_collections.FieldReference(None, field_type=int)  # ResNets.
-  config.model.dropout_rate = ml_collections.FieldReference(None, field_type=float)  # CNNs.
-  config.model.batch_norm = ml_collections.FieldReference(None, field_type=bool)  # hsu_cnn.
-  # ResNets (app/models/resnet.py): stem auto | small | imagenet; style torchvision | keras;
-  # preprocess none | imagenet | caffe; head linear | mlp (Dense 512-BN-Dense 256-BN-Dense);
-  # pooling avg | flatten; freeze_before None or a part ("stage4", "stage4.block2", "head"):
-  # every part before it is frozen.
-  config.model.stem = ml_collections.FieldReference(None, field_type=str)
-  config.model.style = ml_collections.FieldReference(None, field_type=str)
-  config.model.preprocess = ml_collections.FieldReference(None, field_type=str)
-  config.model.head = ml_collections.FieldReference(None, field_type=str)
-  config.model.pooling = ml_collections.FieldReference(None, field_type=str)
-  config.model.freeze_before = ml_collections.FieldReference(None, field_type=str)
   # A pretrained ResNet backbone from a local file (app/models/weights.py): a torchvision
   # state_dict (.pth, .safetensors), Keras weights (.h5, .keras) or a converted .npz. Its
-  # layout sets style, preprocess and stem unless they are set. None: random initialisation.
+  # layout sets resnet.style, resnet.preprocess and resnet.stem unless they are set. None:
+  # random initialisation.
   config.model.weights = ml_collections.FieldReference(None, field_type=str)
+  # Each family of models has its own options, under its own section (app/models/__init__.py,
+  # `FAMILIES`); the model of config.model.name reads its own and leaves the others unused, so
+  # a config switches models with one override (--config.model.name=resnet18). None keeps the
+  # model's own default.
+  # The CNNs (app/models/cnn.py): tfa_cnn takes dropout_rate; hsu_cnn all three (batch_norm:
+  # BatchNorm after each convolution; negative_slope: the LeakyReLU's).
+  config.model.cnn = ml_collections.ConfigDict()
+  config.model.cnn.dropout_rate = ml_collections.FieldReference(None, field_type=float)
+  config.model.cnn.batch_norm = ml_collections.FieldReference(None, field_type=bool)
+  config.model.cnn.negative_slope = ml_collections.FieldReference(None, field_type=float)
+  # The ResNets (app/models/resnet.py): width, the first stage's channels; stem auto | small |
+  # imagenet; style torchvision | keras; preprocess none | imagenet | caffe; head linear | mlp
+  # (Dense 512-BN-Dense 256-BN-Dense); pooling avg | flatten; freeze_before None or a part
+  # ("stage4", "stage4.block2", "head"): every part before it is frozen; bn_momentum,
+  # BatchNorm's; zero_init_residual: each residual branch's last BatchNorm starts at scale 0.
+  config.model.resnet = ml_collections.ConfigDict()
+  config.model.resnet.width = ml_collections.FieldReference(None, field_type=int)
+  config.model.resnet.stem = ml_collections.FieldReference(None, field_type=str)
+  config.model.resnet.style = ml_collections.FieldReference(None, field_type=str)
+  config.model.resnet.preprocess = ml_collections.FieldReference(None, field_type=str)
+  config.model.resnet.head = ml_collections.FieldReference(None, field_type=str)
+  config.model.resnet.pooling = ml_collections.FieldReference(None, field_type=str)
+  config.model.resnet.freeze_before = ml_collections.FieldReference(None, field_type=str)
+  config.model.resnet.bn_momentum = ml_collections.FieldReference(None, field_type=float)
+  config.model.resnet.zero_init_residual = ml_collections.FieldReference(None, field_type=bool)
   # Run the model on this many chunks of each device's batch, one after the other (the loss
   # still mines the whole batch). Smaller convolutions use the CPU caches better; with
   # BatchNorm the statistics become per chunk ("ghost" batch norm). See train.apply_in_chunks.

@@ -4,6 +4,11 @@
 compared with it key by key. Keys that change the parameters' or the optimizer state's shapes,
 the data or its order (`FIXED_ON_RESUME`) are an error; the others (more epochs, logging,
 learning rate, margin, ...) are allowed, reported, and appended to `config_changes.jsonl`.
+
+A config.json from before the model options moved into their family's section
+(`config.model.batch_norm` -> `config.model.cnn.batch_norm`, `config.model.head` ->
+`config.model.resnet.head`, ...) is read with its options in their new place
+(`nest_model_options`): such a run resumes, and its model is rebuilt, as before.
 """
 
 from __future__ import annotations
@@ -75,6 +80,29 @@ def _describe(changes: dict[str, tuple[Any, Any]]) -> str:
   return ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())
 
 
+def nest_model_options(recorded: dict) -> dict:
+  """`recorded` (a config as JSON types) with any model option recorded at the top of
+  "model" (before the options had a section per model family) moved into its family's
+  section of today's defaults, e.g. model.head -> model.resnet.head. A key already in its
+  section is kept."""
+  model = recorded.get("model")
+  if not isinstance(model, dict):
+    return recorded
+  sections = {name: section for name, section in defaults.get_config().model.items()
+              if isinstance(section, ml_collections.ConfigDict)}
+  moved = dict(model)
+  for key, value in model.items():
+    family = next((name for name, section in sections.items() if key in section), None)
+    if family is None or isinstance(value, dict):
+      continue
+    del moved[key]
+    section = moved.get(family)
+    section = dict(section) if isinstance(section, dict) else {}
+    section.setdefault(key, value)
+    moved[family] = section
+  return {**recorded, "model": moved}
+
+
 def read_recorded(workdir: str) -> dict | None:
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
@@ -83,10 +111,10 @@ def read_recorded(workdir: str) -> dict | None:
     with open(path) as f:
       recorded = json.load(f)
     recorded.pop(PLAN_KEY, None)
-    return recorded
   except (OSError, ValueError) as error:
     raise errors.UserError(f"{path} cannot be read ({error})",
                            hint="restore the file, or start again with a new --workdir") from None
+  return nest_model_options(recorded)
 
 
 def check_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, tuple[Any, Any]]:

@@ -13,7 +13,7 @@ of every step of an epoch from `first_step` on: the sampler's indices, then
 Every image's random draw depends only on (seed, epoch, step, position in the batch): a resumed
 run sees exactly the batches of an uninterrupted one. `eval_chunks` yields the evaluation
 images in order, decoded ahead the same way. Images stay in [0, 1]: a pretrained model
-normalises its input itself (`config.model.preprocess`).
+normalises its input itself (`config.model.resnet.preprocess`).
 """
 
 from __future__ import annotations

@@ -78,9 +78,9 @@ def preprocessing(embedder) -> dict:
                 "orientation applied",
       "crop": f"{resize} a centre crop of {height} x {width} (bilinear)",
       "scale": "uint8 / 255 -> float32 in [0, 1]",
-      "inside_the_model": f"config.model.preprocess={config.model.preprocess!r} (the "
-                          "backbone's input normalisation, if any, is in the exported "
-                          "function)",
+      "inside_the_model": f"config.model.resnet.preprocess="
+                          f"{config.model.resnet.preprocess!r} (the backbone's input "
+                          "normalisation, if any, is in the exported function)",
   }
 
 

@@ -10,8 +10,14 @@ Build a model by name with `create_model`:
   model = create_model("resnet18", input_shape=(28, 28, 1), embedding_dim=128,
                        rngs=nnx.Rngs(params=0, dropout=1), width=16)
 
+A training config sets a model's options in its family's section: `config.model.cnn.*` for
+the CNNs, `config.model.resnet.*` for the ResNets (`FAMILIES`). The chosen model reads the
+options of its family that it takes (`config_options`) and no other, so switching a config's
+model is one override (`--config.model.name=resnet18`).
+
 A new model: a module in this folder whose constructor takes `input_shape`, `embedding_dim`
-and `rngs` (plus its options) and returns an `EmbeddingOutput`, and an entry in `MODELS`.
+and `rngs` (plus its options) and returns an `EmbeddingOutput`, and an entry in `MODELS`
+(with its family: a section of `config.model` in `config/defaults.py` holding its options).
 """
 
 from __future__ import annotations
@@ -35,24 +41,44 @@ class ModelSpec:
   Attributes:
     build: constructor called as `build(input_shape=..., embedding_dim=..., rngs=..., **options)`.
     options: the keyword options it accepts besides those three.
+    family: the section of `config.model` its options are set in (`FAMILIES`).
   """
   build: Callable[..., nnx.Module]
   options: tuple[str, ...]
+  family: str
 
 
 _RESNET_OPTIONS = ("bn_momentum", "freeze_before", "head", "pooling", "preprocess", "stem",
                    "style", "width", "zero_init_residual")
 
 MODELS: dict[str, ModelSpec] = {
-    "tfa_cnn": ModelSpec(TFACNN, ("dropout_rate",)),
-    "hsu_cnn": ModelSpec(HsuCNN, ("batch_norm", "dropout_rate", "negative_slope")),
-    "resnet18": ModelSpec(resnet18, _RESNET_OPTIONS),
-    "resnet34": ModelSpec(resnet34, _RESNET_OPTIONS),
-    "resnet50": ModelSpec(resnet50, _RESNET_OPTIONS),
+    "tfa_cnn": ModelSpec(TFACNN, ("dropout_rate",), "cnn"),
+    "hsu_cnn": ModelSpec(HsuCNN, ("batch_norm", "dropout_rate", "negative_slope"), "cnn"),
+    "resnet18": ModelSpec(resnet18, _RESNET_OPTIONS, "resnet"),
+    "resnet34": ModelSpec(resnet34, _RESNET_OPTIONS, "resnet"),
+    "resnet50": ModelSpec(resnet50, _RESNET_OPTIONS, "resnet"),
+}
+
+# The options of each family's section of `config.model` (`config.model.<family>.<option>`):
+# every option of its models.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "cnn": ("batch_norm", "dropout_rate", "negative_slope"),
+    "resnet": _RESNET_OPTIONS,
 }
 
 # Every option of some model.
 OPTION_NAMES = frozenset().union(*(spec.options for spec in MODELS.values()))
+
+
+def config_options(model_config) -> dict[str, Any]:
+  """The options of `config.model.name` set in its family's section of `model_config`
+  (`config.model`), as keyword arguments for `create_model`: those the model takes, whose
+  value is not None (None keeps the model's own default). Other families' sections and the
+  options of the family that this model does not take are not used."""
+  spec = MODELS[model_config.name]
+  section = model_config[spec.family]
+  return {option: section[option] for option in spec.options
+          if option in section and section[option] is not None}
 
 
 def trainable_filter(model: nnx.Module):
@@ -96,27 +122,34 @@ def create_model(name: str, *, input_shape: tuple[int, int, int], embedding_dim:
 
 
 def check_config(check: checker.Checker) -> None:
-  """`config.model` (its `weights`: `weights.check_config`)."""
+  """`config.model` (its `weights`: `weights.check_config`).
+
+  Every family's options are checked, whichever model is chosen: a bad value is a mistake
+  even where it is not used. `freeze_before` names a part of the chosen ResNet.
+  """
   model_name = check["model.name"]
   check.choice("model.name", MODELS)
   check.integer("model.embedding_dim", 1)
-  check.integer("model.width", 1, optional=True)
-  check.number("model.dropout_rate", minimum=0.0, below=1.0, optional=True)
-  check.boolean("model.batch_norm", optional=True)
-  for key, valid in (("model.stem", resnet.STEMS), ("model.style", resnet.STYLES),
-                     ("model.preprocess", resnet.PREPROCESSING), ("model.head", resnet.HEADS),
-                     ("model.pooling", resnet.POOLINGS)):
+  check.number("model.cnn.dropout_rate", minimum=0.0, below=1.0, optional=True)
+  check.boolean("model.cnn.batch_norm", optional=True)
+  check.number("model.cnn.negative_slope", minimum=0.0, optional=True)
+  check.integer("model.resnet.width", 1, optional=True)
+  check.number("model.resnet.bn_momentum", minimum=0.0, below=1.0, optional=True)
+  check.boolean("model.resnet.zero_init_residual", optional=True)
+  for key, valid in (("model.resnet.stem", resnet.STEMS),
+                     ("model.resnet.style", resnet.STYLES),
+                     ("model.resnet.preprocess", resnet.PREPROCESSING),
+                     ("model.resnet.head", resnet.HEADS),
+                     ("model.resnet.pooling", resnet.POOLINGS)):
     if check[key] is not None:
       check.choice(key, valid)
-  if check["model.freeze_before"] is not None and model_name in resnet.ARCHITECTURES:
-    stage_sizes, _ = resnet.ARCHITECTURES[model_name]
-    check.choice("model.freeze_before", resnet.part_names(stage_sizes)[1:])
-  accepted = MODELS[model_name].options
-  for option, value in check.config.model.items():
-    if option in OPTION_NAMES and value is not None and option not in accepted:
-      check.fail(f"model.{option}",
-                 f"model {model_name!r} has no such option; leave it None (its options: "
-                 f"{', '.join(sorted(accepted))})")
+  freeze_before = check["model.resnet.freeze_before"]
+  if freeze_before is not None:
+    if not isinstance(freeze_before, str):
+      check.fail("model.resnet.freeze_before", "must be a part name (a string) or None")
+    if model_name in resnet.ARCHITECTURES:
+      stage_sizes, _ = resnet.ARCHITECTURES[model_name]
+      check.choice("model.resnet.freeze_before", resnet.part_names(stage_sizes)[1:])
 
 
 __all__ = [
@@ -126,7 +159,9 @@ __all__ = [
     "ModelSpec",
     "OPTION_NAMES",
     "ResNet",
+    "FAMILIES",
     "check_config",
+    "config_options",
     "TFACNN",
     "create_model",
     "normalize_embeddings",

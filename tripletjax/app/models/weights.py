@@ -346,9 +346,9 @@ def model_options(path: str, options: dict[str, Any]) -> dict[str, Any]:
     style, preprocess = meta.get("style", "torchvision"), meta.get("preprocess", "none")
   if options.get("style") not in (None, style):
     raise errors.ConfigError(
-        f"config.model.style={options['style']!r} does not match the weights file {path}, "
+        f"config.model.resnet.style={options['style']!r} does not match the weights file {path}, "
         f"which is a {file_format.name} of style {style!r}",
-        hint="leave config.model.style=None to take the file's")
+        hint="leave config.model.resnet.style=None to take the file's")
   completed = dict(options)
   completed["style"] = style
   completed.setdefault("preprocess", preprocess)

@@ -49,10 +49,10 @@ def make_loss_fn(loss_config: ml_collections.ConfigDict,
 
 
 def model_options(model_config: ml_collections.ConfigDict) -> dict:
-  """The model options (`models.OPTION_NAMES`) set in `config.model`, as keyword arguments;
-  None keeps the model's own default."""
-  return {name: value for name, value in model_config.items()
-          if name in models.OPTION_NAMES and value is not None}
+  """The options of `config.model.name` set in its family's section of `config.model`
+  (`config.model.cnn`, `config.model.resnet`: `models.config_options`), as keyword arguments;
+  None keeps the model's own default, other models' options are not used."""
+  return models.config_options(model_config)
 
 
 def embedding_spread(embeddings: jax.Array) -> jax.Array:
@@ -140,7 +140,7 @@ def build_trainer(config, input_shape, total_steps, mesh,
   `single_device_loss_fn`, the same loss for a program on one device, is what the split steps
   (`virtual_batch`) compute between their two programs; by default `loss_fn`, or the mined
   loss with the plan's single-device mining backend.
-  Frozen parameters (`config.model.freeze_before`) are left out of the optimizer: they get no
+  Frozen parameters (`config.model.resnet.freeze_before`) are left out of the optimizer: they get no
   gradient, no optimizer state and no update.
   """
   if plan is None:
