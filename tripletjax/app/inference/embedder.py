@@ -156,10 +156,7 @@ def _restore(trainer, workdir: str, step: int | None, mesh) -> int:
     elif step not in steps:
       raise errors.WorkdirError(f"--step={step}: {workdir} has no checkpoint of that step "
                                 f"(its steps: {', '.join(map(str, steps))})")
-    replicated = mesh_lib.replicated(mesh)
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-        train_step.training_state(trainer))
+    abstract = train_step.abstract_training_state(trainer, mesh)
     try:
       state, _ = checkpoints.restore(step, abstract)
     except Exception as error:  # Orbax and TensorStore raise many types; all mean unreadable.

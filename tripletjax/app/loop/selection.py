@@ -22,9 +22,6 @@ import math
 import os
 from typing import Any
 
-import jax
-
-from tripletjax.app.devices import mesh as mesh_lib
 from tripletjax.app.loop import checkpointing
 from tripletjax.app.step import train_step
 
@@ -103,10 +100,7 @@ class ModelSelection:
 
   def restore_into(self, trainer, mesh) -> None:
     """Loads the selected training state into `trainer` (replicated over `mesh`)."""
-    replicated = mesh_lib.replicated(mesh)
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-        train_step.training_state(trainer))
+    abstract = train_step.abstract_training_state(trainer, mesh)
     checkpoints = self._open()
     checkpoints.wait()
     state, _ = checkpoints.restore(self.best["step"], abstract)

@@ -82,10 +82,7 @@ def _run(config, workdir, changes, checkpoints, stop_signals) -> dict:
 
 def _restore(trainer, checkpoints, mesh) -> dict | None:
   """Restores the newest usable checkpoint into `trainer`; its meta, or None for a fresh run."""
-  replicated = mesh_lib.replicated(mesh)
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-      train_step.training_state(trainer))
+  abstract = train_step.abstract_training_state(trainer, mesh)
   restored = checkpoints.restore_latest_usable(abstract, check=_check_meta)
   if restored is None:
     return None

@@ -178,6 +178,14 @@ def training_state(trainer: Trainer):
   return nnx.to_pure_dict(nnx.state((trainer.model, trainer.optimizer), nnx.Not(nnx.RngState)))
 
 
+def abstract_training_state(trainer: Trainer, mesh: jax.sharding.Mesh):
+  """`training_state`'s structure as abstract arrays replicated over `mesh`: the target an
+  Orbax restore fills onto the current devices, whatever devices wrote the checkpoint."""
+  replicated = mesh_lib.replicated(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                      training_state(trainer))
+
+
 def set_training_state(trainer: Trainer, pure_state) -> None:
   """Puts `training_state`'s result (e.g. restored from a checkpoint) back into `trainer`."""
   state = nnx.state((trainer.model, trainer.optimizer), nnx.Not(nnx.RngState))
